@@ -1,0 +1,1 @@
+"""ddpm-objectives-hf."""
