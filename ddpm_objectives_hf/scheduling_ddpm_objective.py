@@ -1,0 +1,543 @@
+"""`DDPMObjectiveScheduler`: diffusers' `DDPMScheduler` that also knows the training objective.
+
+The module is a top-level module of the package and exposes ``SchedulerMixin`` so that a pipeline saved with this
+scheduler reloads through ``DiffusionPipeline.from_pretrained`` (diffusers records plugin classes by module path).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler, DDPMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers looks it up here)
+from diffusers.utils.torch_utils import randn_tensor
+
+from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .weighting import WEIGHTING_PARAMETERS, WeightingFn, evaluate_weighting, weighting_name
+
+PredictionType = Literal["epsilon", "sample", "v_prediction", "mean"]
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "mean")
+LOSS_TYPES = ("mse", "kl", "hybrid")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+
+# SNR substituted for 0 (zero terminal SNR) when a weighting is turned into x0-units: w(δ)·δ is the limit SNR → 0.
+_SNR_FLOOR = 1e-300
+
+
+def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample vector [N] to broadcast against ``like`` [N, ...]."""
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+class DDPMObjectiveScheduler(DDPMScheduler):
+    """A `DDPMScheduler` that carries the DDPM training objective: target, loss weighting, VLB and hybrid losses.
+
+    Sampling (`set_timesteps`, `step`, `add_noise`, `DDPMPipeline`) works as in diffusers, for the four targets.
+    Training uses :meth:`training_loss`; the variational bound uses :meth:`vlb_terms` and
+    :func:`ddpm_objectives_hf.variational_bound`. Every per-timestep quantity of the derivation is exposed
+    (:meth:`snr`, :meth:`posterior_mean`, :meth:`loss_weight`, ...), computed once in float64.
+
+    Args (beyond `DDPMScheduler`'s, which keep their meaning and defaults):
+        prediction_type (`"epsilon"`, `"sample"`, `"v_prediction"` or `"mean"`, defaults to `"epsilon"`):
+            What the network predicts: the noise ε, the clean sample x0, the velocity ``v = √ᾱ ε − √(1−ᾱ) x0``
+            ([Salimans & Ho 2022](https://arxiv.org/abs/2202.00512)) or the posterior mean μ̃ of
+            q(x_{t−1} | x_t, x0) (improved-diffusion's ``PREVIOUS_X``).
+        variance_type (`"fixed_small"`, `"fixed_large"` or `"learned_range"`, defaults to `"fixed_small"`):
+            Reverse-step variance: β̃_t, β_t, or interpolated in log space between them by extra output channels
+            ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)); `learned_range` needs a model with
+            ``out_channels = 2 * in_channels``.
+        loss_type (`"mse"`, `"kl"` or `"hybrid"`, defaults to `"mse"`):
+            `mse`: the weighted target MSE. `kl`: the true VLB term (KL for t > 0, decoder NLL at t = 0, in bits/dim,
+            scaled by T like improved-diffusion's ``RESCALED_KL``). `hybrid`: the weighted MSE plus
+            ``hybrid_lambda · T · L_t`` with the mean detached, for `learned_range` variance.
+        loss_weighting (`str` or callable, defaults to `"simple"`):
+            One of `simple`, `vlb`, `snr`, `truncated_snr`, `min_snr`, `soft_min_snr`, `p2`, `edm`, `debiased`,
+            `sigmoid`, a name registered with :func:`~ddpm_objectives_hf.weighting.register_weighting`, or a
+            callable ``w(snr) -> weight``. Weights are in ε-units: the loss is ``w(t) · mean‖ε − ε̂‖²`` for
+            every target.
+        snr_gamma (`float`, defaults to 5.0): γ of `min_snr` and `soft_min_snr`.
+        p2_k (`float`, defaults to 1.0): k of `p2`.
+        p2_gamma (`float`, defaults to 1.0): γ of `p2`.
+        sigma_data (`float`, defaults to 0.5): σ_data of `edm`.
+        sigmoid_bias (`float`, defaults to 0.0): bias b of `sigmoid`.
+        hybrid_lambda (`float`, defaults to 0.001): λ of the hybrid loss.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: Literal["fixed_small", "fixed_large", "learned_range"] = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: PredictionType = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: Literal["linspace", "leading", "trailing"] = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        loss_type: Literal["mse", "kl", "hybrid"] = "mse",
+        loss_weighting: str | WeightingFn = "simple",
+        snr_gamma: float = 5.0,
+        p2_k: float = 1.0,
+        p2_gamma: float = 1.0,
+        sigma_data: float = 0.5,
+        sigmoid_bias: float = 0.0,
+        hybrid_lambda: float = 0.001,
+    ):
+        _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        _check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        _check_choice("loss_type", loss_type, LOSS_TYPES)
+        for name, value in (
+            ("snr_gamma", snr_gamma),
+            ("p2_k", p2_k),
+            ("p2_gamma", p2_gamma),
+            ("sigma_data", sigma_data),
+        ):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(hybrid_lambda) and hybrid_lambda >= 0):
+            raise ValueError(f"hybrid_lambda must be a finite number >= 0, got {hybrid_lambda!r}")
+        if loss_type == "hybrid" and variance_type != "learned_range":
+            raise ValueError(
+                f"loss_type='hybrid' trains a learned variance: it needs variance_type='learned_range', got {variance_type!r}"
+            )
+        if loss_type == "mse" and variance_type == "learned_range":
+            raise ValueError(
+                "variance_type='learned_range' with loss_type='mse' would leave the variance channels untrained; "
+                "use loss_type='hybrid' or 'kl'"
+            )
+        beta_schedule_valid = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+        if trained_betas is None:
+            _check_choice("beta_schedule", beta_schedule, beta_schedule_valid)
+        name = weighting_name(loss_weighting)
+        super().__init__(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule,
+            trained_betas=trained_betas,
+            variance_type=variance_type,
+            clip_sample=clip_sample,
+            prediction_type=prediction_type,
+            thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            clip_sample_range=clip_sample_range,
+            sample_max_value=sample_max_value,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+        self.register_to_config(loss_weighting=name)  # a callable is stored by its registered name
+        self._build_tables()
+        self._device_tables: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ per-timestep tables (float64, length T)
+    def _build_tables(self) -> None:
+        """Everything the objective needs per training timestep, computed once in float64."""
+        betas = self.betas.double()
+        alphas = 1.0 - betas
+        ac = torch.cumprod(alphas, dim=0)
+        ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+        coef1, coef2, post_var = _posterior_coefficients(ac, ac_prev)
+        # β̃ at t = 0 is 0; the clipped log-variance reuses β̃ at t = 1 there (improved-diffusion).
+        post_var_1 = post_var[1] if len(post_var) > 1 else betas[0]
+        post_logvar_clipped = torch.log(torch.cat([post_var_1.reshape(1), post_var[1:]]))
+        log_betas = torch.log(torch.cat([post_var_1.reshape(1), betas[1:]]))  # fixed_large, as improved-diffusion
+        snr = ac / (1.0 - ac)
+        t = {
+            "sqrt_alphas_cumprod": ac.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - ac).sqrt(),
+            "snr": snr,
+            "coef1": coef1,
+            "coef2": coef2,
+            "posterior_variance": post_var,
+            "posterior_log_variance_clipped": post_logvar_clipped,
+            "log_betas": log_betas,
+            "log_betas_raw": torch.log(betas),
+        }
+        fixed_logvar = log_betas if self.config.variance_type == "fixed_large" else post_logvar_clipped
+        t["model_log_variance_fixed"] = fixed_logvar
+        self._tables = t
+
+        # Loss weights: ε-units w(t), then the native units of every target (w · c_ε / c_target), exact at SNR = 0.
+        snr_eval = torch.where(snr > 0, snr, torch.full_like(snr, _SNR_FLOOR))
+        log_snr = torch.log(snr_eval)
+        T = len(snr)
+        neg_dlogsnr_dt = -torch.from_numpy(np.gradient(log_snr.numpy(), np.arange(1, T + 1) / T)) if T > 1 else log_snr
+        schedule = {"coef1_sq": coef1**2, "model_variance": fixed_logvar.exp(), "neg_dlogsnr_dt": neg_dlogsnr_dt}
+        params = {k: float(self.config[k]) for k in WEIGHTING_PARAMETERS}
+        w_eps = evaluate_weighting(self.config.loss_weighting, snr_eval, params, schedule).double()
+        w_x0 = w_eps * snr_eval  # the x0-units weight; finite limit where SNR = 0
+        w_x0 = torch.where(snr > 0, w_x0, w_x0.nan_to_num(posinf=0.0))
+        # ε-prediction at SNR = 0 carries no x0 information (x_t = ε); like diffusers' min-SNR code, weight it by 1.
+        eps_native = torch.where(snr > 0, w_eps, torch.ones_like(w_eps))
+        self._weights = {
+            "epsilon_units": torch.where(snr > 0, w_eps, torch.full_like(w_eps, math.inf)),
+            "epsilon": eps_native,
+            "sample": w_x0,
+            "v_prediction": w_x0 / (1.0 + snr),
+            "mean": w_x0 / coef1**2,
+        }
+        self._vlb_weight_eps = schedule["coef1_sq"] / (2 * schedule["model_variance"] * snr_eval)
+        bad = [k for k, v in self._weights.items() if k != "epsilon_units" and not torch.isfinite(v).all()]
+        if bad or not torch.isfinite(w_eps[snr > 0]).all():
+            raise ValueError(
+                f"loss_weighting={self.config.loss_weighting!r} gives non-finite weights for this schedule "
+                f"(targets {bad or ['epsilon']}); check its parameters"
+            )
+
+    def _table(self, name: str, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``table[name][t]`` on ``like``'s device and dtype, shaped to broadcast against it."""
+        key = (like.device, like.dtype)
+        cache = self._device_tables.get(key)
+        if cache is None:
+            cache = {k: v.to(device=like.device, dtype=like.dtype) for k, v in self._tables.items()}
+            for k, v in self._weights.items():
+                cache["weight_" + k] = v.to(device=like.device, dtype=like.dtype)
+            self._device_tables[key] = cache
+        return _bcast(cache[name][timesteps.to(like.device)], like)
+
+    def _lookup(self, table: torch.Tensor, timesteps: torch.Tensor | int) -> torch.Tensor:
+        timesteps = torch.as_tensor(timesteps)
+        return table.to(timesteps.device)[timesteps.long()]
+
+    # ------------------------------------------------------------------ the quantities of the derivation
+    def snr(self, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """SNR(t) = ᾱ_t / (1 − ᾱ_t) (float64)."""
+        return self._lookup(self._tables["snr"], timesteps)
+
+    def log_snr(self, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """λ_t = log SNR(t) (−inf at zero terminal SNR)."""
+        return torch.log(self.snr(timesteps))
+
+    def posterior_mean_coefficients(self, timesteps: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(coef1, coef2)`` of μ̃ = coef1 · x0 + coef2 · x_t:
+        coef1 = √ᾱ_{t−1} β_t / (1 − ᾱ_t), coef2 = √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)."""
+        return self._lookup(self._tables["coef1"], timesteps), self._lookup(self._tables["coef2"], timesteps)
+
+    def posterior_variance(self, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) (0 at t = 0)."""
+        return self._lookup(self._tables["posterior_variance"], timesteps)
+
+    def posterior_log_variance_clipped(self, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """log β̃_t, with β̃ at t = 1 used at t = 0 (improved-diffusion)."""
+        return self._lookup(self._tables["posterior_log_variance_clipped"], timesteps)
+
+    def posterior_mean(self, original_samples: torch.Tensor, noisy_samples: torch.Tensor, timesteps: torch.Tensor):
+        """μ̃_t(x_t, x0) = coef1 · x0 + coef2 · x_t."""
+        x0, xt = original_samples, noisy_samples
+        return self._table("coef1", timesteps, x0) * x0 + self._table("coef2", timesteps, x0) * xt
+
+    def model_log_variance(
+        self, timesteps: torch.Tensor, like: torch.Tensor, variance_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log σ_t² of p_θ(x_{t−1} | x_t): fixed (β̃_t clipped or β_t), or for `learned_range`
+        ``f · log β_t + (1 − f) · log β̃_t`` with ``f = (v + 1) / 2``."""
+        if self.config.variance_type == "learned_range":
+            if variance_values is None:
+                raise ValueError("variance_type='learned_range' needs the model's variance channels")
+            frac = (variance_values + 1) / 2
+            min_log = self._table("posterior_log_variance_clipped", timesteps, like)
+            max_log = self._table("log_betas_raw", timesteps, like)
+            return frac * max_log + (1 - frac) * min_log
+        return self._table("model_log_variance_fixed", timesteps, like).expand_as(like)
+
+    # ------------------------------------------------------------------ targets and conversions
+    def get_target(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, noisy_samples=None
+    ) -> torch.Tensor:
+        """The regression target of ``prediction_type`` for x0, ε at t (x_t needed for the `mean` target)."""
+        return self.convert_prediction(
+            noise,
+            noisy_samples if noisy_samples is not None else self.add_noise(original_samples, noise, timesteps),
+            timesteps,
+            from_type="epsilon",
+            original_samples=original_samples,
+        )
+
+    def convert_prediction(
+        self,
+        prediction: torch.Tensor,
+        noisy_samples: torch.Tensor,
+        timesteps: torch.Tensor,
+        *,
+        from_type: PredictionType | None = None,
+        to_type: PredictionType | None = None,
+        original_samples: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Convert a prediction of one target into another, through the same x_t.
+
+        With a = √ᾱ_t, s = √(1 − ᾱ_t): x_t = a x0 + s ε, v = a ε − s x0 (so ε = a v + s x_t, x0 = a x_t − s v),
+        μ̃ = coef1 x0 + coef2 x_t. ``from_type`` defaults to the configured ``prediction_type``; ``to_type`` to
+        ``prediction_type`` too. ``original_samples``, when known, is used as x0 directly (exact targets).
+        """
+        from_type = from_type or self.config.prediction_type
+        to_type = to_type or self.config.prediction_type
+        _check_choice("from_type", from_type, PREDICTION_TYPES)
+        _check_choice("to_type", to_type, PREDICTION_TYPES)
+        if from_type == to_type:
+            return prediction
+        x0, eps = self._x0_and_eps(prediction, noisy_samples, timesteps, from_type, original_samples)
+        a = self._table("sqrt_alphas_cumprod", timesteps, noisy_samples)
+        s = self._table("sqrt_one_minus_alphas_cumprod", timesteps, noisy_samples)
+        if to_type == "epsilon":
+            return eps
+        if to_type == "sample":
+            return x0
+        if to_type == "v_prediction":
+            return a * eps - s * x0
+        return self.posterior_mean(x0, noisy_samples, timesteps)
+
+    def _x0_and_eps(self, prediction, noisy_samples, timesteps, from_type, original_samples=None):
+        xt = noisy_samples
+        a = self._table("sqrt_alphas_cumprod", timesteps, xt)
+        s = self._table("sqrt_one_minus_alphas_cumprod", timesteps, xt)
+        if from_type == "epsilon":
+            eps = prediction
+            x0 = original_samples if original_samples is not None else (xt - s * eps) / a
+            return x0, eps
+        if from_type == "sample":
+            x0 = prediction
+        elif from_type == "v_prediction":
+            x0 = a * xt - s * prediction
+            return x0, a * prediction + s * xt
+        else:  # mean
+            x0 = (prediction - self._table("coef2", timesteps, xt) * xt) / self._table("coef1", timesteps, xt)
+        return x0, (xt - a * x0) / s
+
+    def predict_original_sample(self, model_output, noisy_samples, timesteps, prediction_type=None):
+        """x̂0 implied by a prediction."""
+        return self.convert_prediction(
+            model_output, noisy_samples, timesteps, from_type=prediction_type, to_type="sample"
+        )
+
+    def predict_noise(self, model_output, noisy_samples, timesteps, prediction_type=None):
+        """ε̂ implied by a prediction."""
+        return self.convert_prediction(
+            model_output, noisy_samples, timesteps, from_type=prediction_type, to_type="epsilon"
+        )
+
+    def predict_velocity(self, model_output, noisy_samples, timesteps, prediction_type=None):
+        """v̂ implied by a prediction."""
+        return self.convert_prediction(
+            model_output, noisy_samples, timesteps, from_type=prediction_type, to_type="v_prediction"
+        )
+
+    def predict_mean(self, model_output, noisy_samples, timesteps, prediction_type=None):
+        """μ̂ implied by a prediction."""
+        return self.convert_prediction(
+            model_output, noisy_samples, timesteps, from_type=prediction_type, to_type="mean"
+        )
+
+    # ------------------------------------------------------------------ weighting
+    def loss_weight(
+        self, timesteps: torch.Tensor | int, units: Literal["epsilon", "sample", "v_prediction", "mean"] | None = None
+    ) -> torch.Tensor:
+        """The configured weighting at t (float64): ε-units by default, or the native units of ``units``.
+
+        In ε-units the loss is ``w · mean‖ε − ε̂‖²``; in the units of target T it is ``w_T · mean‖T − T̂‖²`` with
+        ``w_T = w · c_ε / c_T``. ε-units weights that diverge at SNR = 0 are reported as ``inf`` there; the
+        ε target uses 1 at SNR = 0 (as diffusers' min-SNR code), the other targets the finite limit.
+        """
+        return self._lookup(self._weights["epsilon_units" if units is None else units], timesteps)
+
+    def effective_weight(self, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """ε-units weight of the whole configured loss on the mean: the weighting for `mse` and `hybrid`,
+        ``T · λ_t / ln 2`` (bits, rescaled like ``RESCALED_KL``) for `kl` (λ_t the VLB weight)."""
+        if self.config.loss_type == "kl":
+            return self._lookup(self._vlb_weight_eps, timesteps) * self.config.num_train_timesteps / LOG2
+        return self.loss_weight(timesteps)
+
+    # ------------------------------------------------------------------ model output
+    def split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):
+        """``(prediction, variance_values)``: split off the variance channels of a `learned_range` model."""
+        channels = sample.shape[1]
+        if self.config.variance_type == "learned_range":
+            if model_output.shape[1] != 2 * channels:
+                raise ValueError(
+                    f"variance_type='learned_range' needs a model with out_channels = 2 * {channels} = {2 * channels} "
+                    f"(prediction + variance), got {model_output.shape[1]} channels"
+                )
+            return model_output[:, :channels], model_output[:, channels:]
+        if model_output.shape[1] != channels:
+            raise ValueError(
+                f"variance_type={self.config.variance_type!r} needs a model with out_channels = {channels}, got "
+                f"{model_output.shape[1]} (use variance_type='learned_range' for 2 * {channels})"
+            )
+        return model_output, None
+
+    # ------------------------------------------------------------------ the variational bound
+    def vlb_terms(
+        self,
+        model_output: torch.Tensor,
+        original_samples: torch.Tensor,
+        noisy_samples: torch.Tensor,
+        timesteps: torch.Tensor,
+        *,
+        clip_denoised: bool = False,
+        detach_mean: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The VLB term at t, per sample, in bits/dim: ``L_{t−1} = KL(q(x_{t−1}|x_t,x0) ‖ p_θ(x_{t−1}|x_t))`` for
+        t > 0 and the decoder NLL ``L_0 = −log p_θ(x0|x_1)`` at t = 0 (diffusers' t = 0 is the papers' t = 1).
+
+        Returns a dict with ``vb`` [N] and ``pred_xstart`` (x̂0), ``model_mean``, ``model_log_variance``.
+        ``detach_mean`` stops the gradient through the mean (the hybrid loss trains only the variance with it).
+        """
+        prediction, variance_values = self.split_model_output(model_output, noisy_samples)
+        if detach_mean:
+            prediction = prediction.detach()
+        x0, xt = original_samples, noisy_samples
+        pred_x0 = self.predict_original_sample(prediction, xt, timesteps)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1, 1)
+        if self.config.prediction_type == "mean" and not clip_denoised:
+            model_mean = prediction
+        else:
+            model_mean = self.posterior_mean(pred_x0, xt, timesteps)
+        model_logvar = self.model_log_variance(timesteps, xt, variance_values)
+        true_mean = self.posterior_mean(x0, xt, timesteps)
+        true_logvar = self._table("posterior_log_variance_clipped", timesteps, xt)
+        kl = mean_flat(normal_kl(true_mean, true_logvar, model_mean, model_logvar)) / LOG2
+        decoder_nll = (
+            -mean_flat(discretized_gaussian_log_likelihood(x0, means=model_mean, log_scales=0.5 * model_logvar)) / LOG2
+        )
+        vb = torch.where(timesteps.to(kl.device) == 0, decoder_nll, kl)
+        return {"vb": vb, "pred_xstart": pred_x0, "model_mean": model_mean, "model_log_variance": model_logvar}
+
+    def prior_bpd(self, original_samples: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x0) ‖ N(0, I)) per sample, in bits/dim (no parameters)."""
+        x0 = original_samples
+        t = torch.full((x0.shape[0],), self.config.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
+        mean = self._table("sqrt_alphas_cumprod", t, x0) * x0
+        logvar = torch.log(self._table("sqrt_one_minus_alphas_cumprod", t, x0) ** 2).expand_as(x0)
+        return mean_flat(normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0))) / LOG2
+
+    # ------------------------------------------------------------------ training loss
+    def training_loss(
+        self,
+        model_output: torch.Tensor,
+        clean_images: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        noisy_images: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample loss of the configured objective and its named terms.
+
+        - `mse`: ``w_T(t) · mean‖T − T̂‖²`` = ``w(t) · mean‖ε − ε̂‖²`` (``terms["mse"]`` is the unweighted
+          target error).
+        - `kl`: ``T · L_t`` in bits/dim (``terms["vb"]`` is L_t).
+        - `hybrid`: ``w(t) · mse + λ · T · L_t`` where L_t sees a detached mean.
+
+        Args:
+            model_output (`torch.Tensor`): the network output at x_t (prediction, plus variance channels for
+                `learned_range`).
+            clean_images (`torch.Tensor`): x0 in [−1, 1].
+            noise (`torch.Tensor`): the ε used to make x_t.
+            timesteps (`torch.Tensor`): t per sample, in 0 … T − 1.
+            noisy_images (`torch.Tensor`, *optional*): x_t; recomputed with `add_noise` when not given.
+
+        Returns:
+            `(loss, terms)`: ``loss`` [N], and ``terms`` a dict of [N] tensors (``mse``, ``vb``, ``weight``).
+        """
+        x0 = clean_images
+        xt = noisy_images if noisy_images is not None else self.add_noise(x0, noise, timesteps)
+        T = self.config.num_train_timesteps
+        loss_type = self.config.loss_type
+        prediction, _ = self.split_model_output(model_output, x0)
+        terms: dict[str, torch.Tensor] = {}
+        if loss_type in ("mse", "hybrid"):
+            target = self.get_target(x0, noise, timesteps, noisy_samples=xt)
+            weight = self._table("weight_" + self.config.prediction_type, timesteps, prediction).flatten()
+            terms["mse"] = mean_flat((prediction.float() - target.float()) ** 2)
+            terms["weight"] = weight
+            loss = weight * terms["mse"]
+        if loss_type in ("kl", "hybrid"):
+            vb = self.vlb_terms(
+                model_output.float(), x0.float(), xt.float(), timesteps, detach_mean=loss_type == "hybrid"
+            )
+            terms["vb"] = vb["vb"]
+            if loss_type == "kl":
+                loss = vb["vb"] * T
+            else:
+                loss = loss + self.config.hybrid_lambda * T * vb["vb"]
+        terms["loss"] = loss
+        return loss, terms
+
+    # ------------------------------------------------------------------ sampling
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> DDPMSchedulerOutput | tuple:
+        """One reverse step x_t → x_{t−1} (or to the previous inference timestep), for all four targets.
+
+        As `DDPMScheduler.step`: the prediction is turned into x̂0 (clipped or thresholded as configured), then
+        x_{t−1} ~ N(μ̃(x̂0, x_t), σ²) with the posterior of the (respaced) step and the configured variance.
+        """
+        t = int(timestep)
+        prev_t = int(self.previous_timestep(t))
+        prediction, predicted_variance = self.split_model_output(model_output, sample)
+
+        # 1. x̂0 from the prediction (training-grid conversions: a `mean` prediction is μ̃ of t → t−1)
+        t_vec = torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long)
+        pred_original_sample = self.predict_original_sample(prediction, sample, t_vec)
+
+        # 2. clip or threshold x̂0
+        if self.config.thresholding:
+            pred_original_sample = self._threshold_sample(pred_original_sample)
+        elif self.config.clip_sample:
+            pred_original_sample = pred_original_sample.clamp(
+                -self.config.clip_sample_range, self.config.clip_sample_range
+            )
+
+        # 3. posterior of the (possibly respaced) step t → prev_t
+        alpha_prod_t = self.alphas_cumprod[t].double()
+        alpha_prod_prev = self.alphas_cumprod[prev_t].double() if prev_t >= 0 else torch.ones((), dtype=torch.float64)
+        coef1, coef2, _ = _posterior_coefficients(alpha_prod_t, alpha_prod_prev)
+        pred_prev_sample = coef1.to(sample.dtype) * pred_original_sample + coef2.to(sample.dtype) * sample
+
+        # 4. add noise with the configured variance
+        if t > 0:
+            noise = randn_tensor(
+                model_output.shape[:1] + sample.shape[1:],
+                generator=generator,
+                device=sample.device,
+                dtype=sample.dtype,
+            )
+            if self.config.variance_type == "learned_range":
+                log_variance = self._get_variance(t, predicted_variance=predicted_variance)
+                pred_prev_sample = pred_prev_sample + torch.exp(0.5 * log_variance) * noise
+            else:
+                pred_prev_sample = pred_prev_sample + self._get_variance(t).to(sample.dtype) ** 0.5 * noise
+
+        if not return_dict:
+            return (pred_prev_sample, pred_original_sample)
+        return DDPMSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
+
+
+def _posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: torch.Tensor):
+    """``(coef1, coef2, β̃)`` of q(x_{prev} | x_t, x0) for a step from ᾱ_t to ᾱ_prev (β_t = 1 − ᾱ_t/ᾱ_prev)."""
+    ac, ac_prev = alphas_cumprod, alphas_cumprod_prev
+    beta = 1.0 - ac / ac_prev
+    coef1 = ac_prev.sqrt() * beta / (1.0 - ac)
+    coef2 = (1.0 - beta).sqrt() * (1.0 - ac_prev) / (1.0 - ac)
+    variance = beta * (1.0 - ac_prev) / (1.0 - ac)
+    return coef1, coef2, variance
+
+
+def _check_choice(option: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{option}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
