@@ -458,12 +458,12 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         if loss_type in ("mse", "hybrid"):
             target = self.get_target(x0, noise, timesteps, noisy_samples=xt)
             weight = self._table("weight_" + self.config.prediction_type, timesteps, prediction).flatten()
-            terms["mse"] = mean_flat((prediction.float() - target.float()) ** 2)
+            terms["mse"] = mean_flat((_upcast(prediction) - _upcast(target)) ** 2)
             terms["weight"] = weight
             loss = weight * terms["mse"]
         if loss_type in ("kl", "hybrid"):
             vb = self.vlb_terms(
-                model_output.float(), x0.float(), xt.float(), timesteps, detach_mean=loss_type == "hybrid"
+                _upcast(model_output), _upcast(x0), _upcast(xt), timesteps, detach_mean=loss_type == "hybrid"
             )
             terms["vb"] = vb["vb"]
             if loss_type == "kl":
@@ -536,6 +536,11 @@ def _posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: t
     coef2 = (1.0 - beta).sqrt() * (1.0 - ac_prev) / (1.0 - ac)
     variance = beta * (1.0 - ac_prev) / (1.0 - ac)
     return coef1, coef2, variance
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half precision to float32 for the loss; float32 and float64 are kept as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _check_choice(option: str, value, valid) -> None:

@@ -1,0 +1,186 @@
+"""Push a trained pipeline folder to the Hugging Face Hub in one commit (`--push_to_hub`).
+
+Only the pipeline (model_index.json, unet/, scheduler/), its README.md, images and small JSON files travel; training
+checkpoints (`checkpoint-*`) and logs never do, and the local folder is only read. Every failure (network, HTTP,
+authentication, offline mode, bad repo id) surfaces as a one-line `HubError` that never contains the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+__all__ = ["DEFAULT_IGNORE_PATTERNS", "HubError", "push_to_hub", "resolve_repo_id"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_MESSAGE = "Upload pipeline trained with ddpm-objectives-hf"
+
+# fnmatch patterns on paths relative to the folder (`*` also matches `/`).
+DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = (
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "**/checkpoint-*/**",
+    "logs/**",
+    "**/logs/**",
+    "runs/**",
+    "wandb/**",
+    "**/events.out.tfevents.*",
+    "**/__pycache__/**",
+    "**/.ipynb_checkpoints/**",
+    "*.tmp",
+    "**/*.tmp",
+    "*.lock",
+    "**/*.lock",
+    ".DS_Store",
+    "**/.DS_Store",
+)
+
+_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{6,}\b")
+_REPO_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_FLAGS = "--push_to_hub/--hub_model_id"
+
+
+class HubError(RuntimeError):
+    """A push to the Hub failed (network, HTTP, authentication, offline mode or invalid repository id)."""
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """One line, with `token` and anything that looks like a Hub token replaced by `***`."""
+    if token:
+        text = text.replace(token, "***")
+    text = _TOKEN_RE.sub("hf_***", text)
+    return " ".join(text.split())
+
+
+def _describe_failure(exc: BaseException, *, repo_id: str, endpoint: str, token: str | None) -> str:
+    """Build the one-line HubError message for `exc`."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    where = f"{endpoint}/{repo_id}" if repo_id else endpoint
+    if isinstance(exc, OfflineModeIsEnabled):
+        return (
+            f"{_FLAGS}: cannot push to {where}: Hugging Face offline mode is enabled (HF_HUB_OFFLINE=1); "
+            "unset it to upload."
+        )
+    if isinstance(exc, LocalTokenNotFoundError):
+        return (
+            f"{_FLAGS}: no Hugging Face token found for {endpoint}; run `hf auth login`, set HF_TOKEN, or pass "
+            "--hub_model_id as 'namespace/name'."
+        )
+    if isinstance(exc, HfHubHTTPError):
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+        detail = (getattr(exc, "server_message", None) or "").strip() or str(exc).strip().splitlines()[0]
+        detail = _scrub(detail, token)[:300]
+        if status in (401, 403):
+            return (
+                f"{_FLAGS}: authentication failed for {where} (HTTP {status}: {detail}); the token is missing, "
+                "invalid or lacks write access to this namespace. Log in with `hf auth login` or check --hub_model_id."
+            )
+        return f"{_FLAGS}: the Hub at {endpoint} answered HTTP {status} for {repo_id or 'the request'}: {detail}"
+    # httpx errors (connection refused, DNS, timeouts) and anything else, without importing httpx here.
+    name = type(exc).__name__
+    detail = _scrub(str(exc), token)[:300] or name
+    if isinstance(exc, ValueError):
+        return f"{_FLAGS}: invalid repository id {repo_id!r} or upload arguments: {detail}"
+    if "Connect" in name or "Network" in name or "Timeout" in name or isinstance(exc, OSError):
+        return f"{_FLAGS}: could not reach the Hub at {endpoint} ({name}: {detail}); check the network or HF_ENDPOINT."
+    return f"{_FLAGS}: push to {where} failed ({name}: {detail})"
+
+
+def _hub_error(exc: BaseException, *, repo_id: str, endpoint: str, token: str | None) -> HubError:
+    message = _describe_failure(exc, repo_id=repo_id, endpoint=endpoint, token=token)
+    return HubError(_scrub(message, token))
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    ignore_patterns: Sequence[str] = DEFAULT_IGNORE_PATTERNS,
+) -> str:
+    """Create the model repository if needed and upload the pipeline folder to it in a single commit.
+
+    Args:
+        folder: Local pipeline folder (model_index.json, unet/, scheduler/, README.md, images, objective JSON).
+        repo_id: `namespace/name` of the model repository (see `resolve_repo_id`).
+        private: Create the repository as private (ignored if it already exists).
+        token: Hub token; the locally saved one / `HF_TOKEN` when `None`. Never logged nor put in error messages.
+        endpoint: Hub endpoint (e.g. a local test server); `HF_ENDPOINT` / huggingface.co when `None`.
+        commit_message: Message of the commit.
+        ignore_patterns: fnmatch patterns (relative paths) of files that must not be uploaded.
+
+    Returns:
+        The URL of the commit (the repository URL if the server did not return one).
+
+    Raises:
+        HubError: On any failure, with a one-line message naming the flags and the endpoint.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HubError(f"{_FLAGS}: the folder to upload does not exist: {folder}")
+    if not (folder / "model_index.json").is_file():
+        logger.warning("%s has no model_index.json: uploading it anyway, but it is not a diffusers pipeline.", folder)
+
+    api = HfApi(endpoint=endpoint, token=token)
+    where = api.endpoint.rstrip("/")
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        logger.info("Uploading %s to %s/%s (private=%s)", folder, where, repo_url.repo_id, private)
+        info = api.upload_folder(
+            repo_id=repo_url.repo_id,
+            folder_path=folder,
+            repo_type="model",
+            commit_message=commit_message,
+            ignore_patterns=list(ignore_patterns),  # upload_folder extends the list in place: pass a copy
+        )
+    except HubError:
+        raise
+    except Exception as exc:  # every failure becomes a HubError
+        raise _hub_error(exc, repo_id=repo_id, endpoint=where, token=token) from exc
+    url = getattr(info, "commit_url", None) or str(repo_url)
+    logger.info("Pushed %s to %s", folder, url)
+    return url
+
+
+def _sanitize_repo_name(name: str) -> str:
+    """Make a folder name a valid Hub repository name (`[\\w.-]`, no `--`/`..`, ≤ 96 chars)."""
+    name = _REPO_NAME_BAD_CHARS.sub("-", name)
+    name = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", name)).strip("-.")
+    return name[:96] or "ddpm-objectives-model"
+
+
+def resolve_repo_id(hub_model_id: str | None, output_dir: str | Path, api: HfApi | None = None) -> str:
+    """Full `namespace/name` repository id for `--push_to_hub`.
+
+    Args:
+        hub_model_id: `--hub_model_id`: `namespace/name`, a bare `name` (prefixed with the token's user name), or
+            `None` (the output folder's name is used).
+        output_dir: The training output folder.
+        api: `HfApi` used for `whoami` when a namespace is needed.
+
+    Returns:
+        The repository id.
+
+    Raises:
+        HubError: If the user name cannot be obtained (no token, network, invalid token).
+    """
+    name = hub_model_id.strip() if hub_model_id else _sanitize_repo_name(Path(output_dir).resolve().name)
+    if "/" in name:
+        return name
+    api = api if api is not None else HfApi()
+    try:
+        user = api.whoami()["name"]
+    except Exception as exc:
+        token = api.token if isinstance(api.token, str) else None
+        raise _hub_error(exc, repo_id=name, endpoint=api.endpoint.rstrip("/"), token=token) from exc
+    return f"{user}/{name}"

@@ -1,0 +1,633 @@
+#!/usr/bin/env python
+"""Train a diffusers `UNet2DModel` with any DDPM objective.
+
+    accelerate launch scripts/train.py --prediction_type v_prediction --loss_weighting min_snr --output_dir out
+    python scripts/train.py run.yaml           # the same flags as a JSON or YAML file
+
+The loop is the seed notes' training algorithm: x0 ~ data, t ~ sampler, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε,
+predict, weighted loss, gradient step (+ EMA). With no data flag it trains on scikit-learn's digits (offline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+logger = logging.getLogger("ddpm_objectives_hf.train")
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset id, a save_to_disk folder or a parquet file. Default: embedded digits."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config of the Hub dataset."})
+    train_data_dir: str | None = field(default=None, metadata={"help": "A folder of images (imagefolder)."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (found automatically if unset)."})
+    use_default_data: bool = field(
+        default=True, metadata={"help": "With no data flag, train on scikit-learn's digits (shipped, offline)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
+    resolution: int | None = field(default=None, metadata={"help": "Image size (default: 8 for digits, else 32)."})
+    channels: int | None = field(default=None, metadata={"help": "1 or 3 (default: from the images)."})
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N images."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for decoding."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Workers for data that do not fit in memory."})
+
+
+@dataclass
+class ModelArguments:
+    model_config_name_or_path: str | None = field(
+        default=None, metadata={"help": "A UNet2DModel config.json (local) to use instead of the flags below."}
+    )
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention_resolution_index: int = field(
+        default=1, metadata={"help": "Which down block gets self-attention (-1: none)."}
+    )
+    norm_num_groups: int = 8
+    dropout: float = 0.0
+
+
+@dataclass
+class ObjectiveArguments:
+    prediction_type: Literal["epsilon", "sample", "v_prediction", "mean"] = "epsilon"
+    loss_type: Literal["mse", "kl", "hybrid"] = "mse"
+    loss_weighting: str = field(
+        default="simple",
+        metadata={
+            "help": "simple, vlb, snr, truncated_snr, min_snr, soft_min_snr, p2, edm, debiased, sigmoid",
+        },
+    )
+    snr_gamma: float = 5.0
+    p2_k: float = 1.0
+    p2_gamma: float = 1.0
+    sigma_data: float = 0.5
+    sigmoid_bias: float = 0.0
+    hybrid_lambda: float = 0.001
+    variance_type: Literal["fixed_small", "fixed_large", "learned_range"] = field(
+        default="fixed_small", metadata={"help": "learned_range: the UNet gets 2x output channels (learned variance)."}
+    )
+    learn_variance: bool = field(
+        default=False, metadata={"help": "Shortcut for --variance_type learned_range --loss_type hybrid."}
+    )
+    timestep_sampler: Literal["uniform", "stratified", "importance", "logit_normal"] = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    rescale_betas_zero_snr: bool = False
+
+
+@dataclass
+class RunArguments:
+    output_dir: str = "ddpm-digits"
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into a non-empty --output_dir of another run."}
+    )
+    seed: int = 0
+    train_batch_size: int = 64
+    max_train_steps: int = 2000
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    lr_scheduler: str = field(default="cosine", metadata={"help": "Any diffusers get_scheduler name."})
+    lr_warmup_steps: int = 100
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    use_ema: bool = True
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.999
+    channels_last: bool = False
+    compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (GPU)."})
+    logging_steps: int = 20
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, trackio, all or none."})
+    logging_dir: str = "logs"
+    save_images_steps: int = field(default=0, metadata={"help": "Sample a grid every N steps (0: only at the end)."})
+    num_sample_images: int = 16
+    num_inference_steps: int = 1000
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool = False
+    hub_token: str | None = field(default=None, metadata={"help": "Defaults to the logged-in token."})
+    hub_endpoint: str | None = field(default=None, metadata={"help": "Hub URL (default: HF_ENDPOINT or huggingface.co)."})
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one line naming the flag, with a non-zero exit."""
+
+
+def parse_args(argv: list[str] | None = None):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((DataArguments, ModelArguments, ObjectiveArguments, RunArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ---------------------------------------------------------------------------------------------------- building blocks
+def build_scheduler(obj: ObjectiveArguments):
+    from ddpm_objectives_hf import DDPMObjectiveScheduler
+
+    variance_type, loss_type = obj.variance_type, obj.loss_type
+    if obj.learn_variance:
+        variance_type = "learned_range"
+        loss_type = "hybrid" if loss_type == "mse" else loss_type
+    try:
+        return DDPMObjectiveScheduler(
+            num_train_timesteps=obj.num_train_timesteps,
+            beta_schedule=obj.beta_schedule,
+            beta_start=obj.beta_start,
+            beta_end=obj.beta_end,
+            rescale_betas_zero_snr=obj.rescale_betas_zero_snr,
+            prediction_type=obj.prediction_type,
+            variance_type=variance_type,
+            loss_type=loss_type,
+            loss_weighting=obj.loss_weighting,
+            snr_gamma=obj.snr_gamma,
+            p2_k=obj.p2_k,
+            p2_gamma=obj.p2_gamma,
+            sigma_data=obj.sigma_data,
+            sigmoid_bias=obj.sigmoid_bias,
+            hybrid_lambda=obj.hybrid_lambda,
+            timestep_spacing="trailing" if obj.rescale_betas_zero_snr else "leading",
+        )
+    except ValueError as err:
+        raise UsageError(f"--{str(err)}") from err
+
+
+def build_unet(args: ModelArguments, resolution: int, channels: int, learned_variance: bool):
+    from diffusers import UNet2DModel
+
+    from ddpm_objectives_hf.data import check_resolution
+
+    out_channels = 2 * channels if learned_variance else channels
+    if args.model_config_name_or_path:
+        config = UNet2DModel.load_config(args.model_config_name_or_path)
+        config.update(sample_size=resolution, in_channels=channels)
+        if config.get("out_channels") not in (None, out_channels):
+            raise UsageError(
+                f"--model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
+                f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)"
+            )
+        config["out_channels"] = out_channels
+        model = UNet2DModel.from_config(config)
+    else:
+        n = len(args.block_out_channels)
+        down = ["AttnDownBlock2D" if i == args.attention_resolution_index else "DownBlock2D" for i in range(n)]
+        up = ["AttnUpBlock2D" if n - 1 - i == args.attention_resolution_index else "UpBlock2D" for i in range(n)]
+        model = UNet2DModel(
+            sample_size=resolution,
+            in_channels=channels,
+            out_channels=out_channels,
+            block_out_channels=tuple(args.block_out_channels),
+            layers_per_block=args.layers_per_block,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            norm_num_groups=args.norm_num_groups,
+            dropout=args.dropout,
+            time_embedding_type="positional",  # sinusoidal time embedding, as in the seed notes
+        )
+    try:
+        check_resolution(resolution, len(model.config.block_out_channels))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    return model
+
+
+class DataStream:
+    """Batches of x0 in [−1, 1] for optimizer step ``i`` and micro-batch ``j``, the same on resume.
+
+    In memory (the data fit): one permutation per epoch (seeded, shared by all processes), each process takes its
+    own slice: no PIL work and no host synchronisation in the loop. Otherwise a DataLoader prepared by accelerate.
+    """
+
+    def __init__(self, data_args: DataArguments, run: RunArguments, accelerator, resolution: int):
+        from ddpm_objectives_hf.data import (
+            InMemoryImageData,
+            OnTheFlyTransform,
+            fits_in_memory,
+            infer_channels,
+            load_image_dataset,
+        )
+
+        with accelerator.main_process_first():
+            dataset, column = load_image_dataset(
+                dataset_name=data_args.dataset_name,
+                dataset_config_name=data_args.dataset_config_name,
+                train_data_dir=data_args.train_data_dir,
+                image_column=data_args.image_column,
+                cache_dir=data_args.cache_dir,
+                use_default_digits=data_args.use_default_data,
+            )
+        if data_args.max_train_samples:
+            dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+        self.channels = data_args.channels or infer_channels(dataset, column)
+        if self.channels not in (1, 3):
+            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
+        self.accelerator = accelerator
+        self.batch_size = run.train_batch_size
+        self.random_flip = data_args.random_flip
+        self.seed = run.seed
+        self.num_images = len(dataset)
+        per_step = self.batch_size * accelerator.num_processes
+        if self.num_images < per_step:
+            raise UsageError(
+                f"--train_batch_size {self.batch_size} × {accelerator.num_processes} processes needs at least "
+                f"{per_step} images; the data set has {self.num_images}"
+            )
+        self.in_memory = fits_in_memory(self.num_images, self.channels, resolution)
+        self.generator = torch.Generator(device=accelerator.device).manual_seed(run.seed + accelerator.process_index)
+        if self.in_memory:
+            self.data = InMemoryImageData.from_dataset(
+                dataset, column, resolution, self.channels, device=accelerator.device,
+                num_proc=data_args.preprocessing_num_workers,
+            )
+            self.batches_per_epoch = self.num_images // per_step
+            self._epoch, self._order = -1, None
+        else:
+            transform = OnTheFlyTransform(column, resolution, self.channels, random_flip=data_args.random_flip)
+            loader = torch.utils.data.DataLoader(
+                dataset.with_transform(transform),
+                batch_size=self.batch_size,
+                shuffle=True,
+                drop_last=True,
+                num_workers=data_args.dataloader_num_workers,
+            )
+            self.loader = accelerator.prepare(loader)
+            self.batches_per_epoch = len(self.loader)
+            self._iterator = None
+
+    def batch(self, index: int) -> torch.Tensor:
+        """The ``index``-th batch of this run (counting micro-batches from the start of training)."""
+        epoch, position = divmod(index, self.batches_per_epoch)
+        if not self.in_memory:
+            if self._iterator is None or position == 0:
+                from accelerate import skip_first_batches
+
+                self.loader.set_epoch(epoch) if hasattr(self.loader, "set_epoch") else None
+                loader = skip_first_batches(self.loader, position) if position else self.loader
+                self._iterator = iter(loader)
+            return next(self._iterator)["pixel_values"]
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            order = torch.randperm(self.num_images, generator=g)
+            self._order = order[self.accelerator.process_index :: self.accelerator.num_processes].to(self.data.device)
+            self._epoch = epoch
+        indices = self._order[position * self.batch_size : (position + 1) * self.batch_size]
+        return self.data.batch(indices, random_flip=self.random_flip, generator=self.generator)
+
+
+class TrainState:
+    """Step counter, data/noise generators and loss history, checkpointed with ``accelerator.save_state``."""
+
+    def __init__(self, stream: DataStream):
+        self.step = 0
+        self.stream = stream
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {
+            "step": torch.tensor(self.step),
+            "generator": self.stream.generator.get_state(),
+            "history": torch.tensor([[h["step"], h["loss"]] for h in self.history], dtype=torch.float64).reshape(-1, 2),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.stream.generator.set_state(state["generator"])
+        self.history = [{"step": int(s), "loss": float(v)} for s, v in state["history"].tolist()]
+
+
+class StateAdapter:
+    """Give an object with state_dict/load_state_dict to ``accelerator.register_for_checkpointing``."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def state_dict(self):
+        return self.obj.state_dict()
+
+    def load_state_dict(self, state):
+        self.obj.load_state_dict(state)
+
+
+def check_output_dir(run: RunArguments) -> None:
+    """Refuse to write into a non-empty folder of another run (nothing of the user's is overwritten)."""
+    out = Path(run.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output_dir {run.output_dir!r} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not run.resume_from_checkpoint and not run.overwrite_output_dir:
+        raise UsageError(
+            f"--output_dir {run.output_dir!r} exists and is not empty; pass --resume_from_checkpoint latest to "
+            "continue that run, --overwrite_output_dir to write into it anyway, or choose a new --output_dir"
+        )
+
+
+@torch.no_grad()
+def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, seed: int, device):
+    """A grid of samples from the model with the objective's own scheduler (diffusers' DDPMPipeline)."""
+    from diffusers import DDPMPipeline
+    from diffusers.utils import make_image_grid
+
+    pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipeline.set_progress_bar_config(desc="sampling", leave=False)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images = pipeline(
+        batch_size=num_images, generator=generator, num_inference_steps=num_inference_steps, output_type="pil"
+    ).images
+    rows = int(math.sqrt(num_images))
+    while num_images % rows:
+        rows -= 1
+    grid = make_image_grid(images, rows=rows, cols=num_images // rows)
+    scale = max(1, 128 // max(grid.size))
+    return grid.resize((grid.width * scale, grid.height * scale), resample=0) if scale > 1 else grid
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveArguments, run: RunArguments) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from ddpm_objectives_hf import diffusion_loss, make_timestep_sampler
+    from ddpm_objectives_hf.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+
+    # 0. Objective, output folder, processes
+    scheduler = build_scheduler(obj)
+    check_output_dir(run)
+    report_to = None if run.report_to in ("none", "", None) else run.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=run.gradient_accumulation_steps,
+        mixed_precision=run.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(
+            project_dir=run.output_dir, logging_dir=os.path.join(run.output_dir, run.logging_dir)
+        ),
+    )
+    if accelerator.state.deepspeed_plugin is not None:
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.train_batch_size
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    set_seed(run.seed)
+
+    # 1. Data: x0 ~ p_data
+    default_resolution = 8 if not (data_args.dataset_name or data_args.train_data_dir) else 32
+    resolution = data_args.resolution or default_resolution
+    stream = DataStream(data_args, run, accelerator, resolution)
+
+    # 2. Model ε_θ(x_t, t): a UNet with sinusoidal time embedding, its EMA, optimizer and LR schedule
+    learned_variance = scheduler.config.variance_type == "learned_range"
+    model = build_unet(model_args, resolution, stream.channels, learned_variance)
+    if run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if run.use_ema:
+        ema = EMAModel(
+            model.parameters(), decay=run.ema_max_decay, use_ema_warmup=True, inv_gamma=run.ema_inv_gamma,
+            power=run.ema_power, foreach=True, model_cls=type(model), model_config=model.config,
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=run.learning_rate, betas=(run.adam_beta1, run.adam_beta2),
+        weight_decay=run.adam_weight_decay, eps=run.adam_epsilon, foreach=True,
+    )
+    try:
+        lr_scheduler = get_scheduler(
+            run.lr_scheduler, optimizer=optimizer, num_warmup_steps=run.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=run.max_train_steps * accelerator.num_processes,
+        )
+    except ValueError as err:
+        raise UsageError(f"--lr_scheduler {run.lr_scheduler!r}: {err}") from err
+    if run.compile:
+        model = torch.compile(model)
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    sampler = make_timestep_sampler(
+        obj.timestep_sampler, scheduler.config.num_train_timesteps, num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index, logit_mean=obj.logit_mean, logit_std=obj.logit_std,
+    )
+    state = TrainState(stream)
+    for obj_to_save in ([ema] if ema is not None else []) + [StateAdapter(sampler), state]:
+        accelerator.register_for_checkpointing(obj_to_save)
+
+    # 3. Resume
+    if run.resume_from_checkpoint:
+        path = resolve_checkpoint(run.resume_from_checkpoint, run.output_dir)
+        load_checkpoint(accelerator, path)
+        logger.info("resumed from %s at step %d", path, state.step)
+    if accelerator.is_main_process:
+        Path(run.output_dir).mkdir(parents=True, exist_ok=True)
+        config = {"data": asdict(data_args), "model": asdict(model_args), "objective": asdict(obj), "run": asdict(run)}
+        config["run"].pop("hub_token", None)
+        (Path(run.output_dir) / "training_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if report_to:
+        run_config = {k: v for k, v in {**asdict(obj), **asdict(run)}.items() if isinstance(v, (int, float, str, bool))}
+        run_config.pop("hub_token", None)
+        accelerator.init_trackers("ddpm-objectives-hf", config=run_config)
+
+    # 4. Train: the seed notes' loop
+    T = scheduler.config.num_train_timesteps
+    quartile_sum = torch.zeros(4, device=accelerator.device)
+    quartile_count = torch.zeros(4, device=accelerator.device)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+    bad_timesteps = torch.zeros(run.train_batch_size, dtype=torch.long, device=accelerator.device)
+    progress = tqdm(
+        range(state.step, run.max_train_steps), initial=state.step, total=run.max_train_steps,
+        disable=not accelerator.is_local_main_process, desc="training",
+    )
+    window_start, window_steps = time.perf_counter(), 0
+    model.train()
+    for step in progress:
+        for micro in range(run.gradient_accumulation_steps):
+            with accelerator.accumulate(model):
+                x0 = stream.batch(step * run.gradient_accumulation_steps + micro)  # x0 ~ p_data
+                if run.channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                # t ~ sampler, ε ~ N(0, I), x_t, prediction and the weighted objective
+                out = diffusion_loss(model, x0, scheduler, timestep_sampler=sampler, generator=stream.generator)
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and run.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), run.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            sampler.update(out.timesteps, out.per_sample_loss, accelerator)
+            # bookkeeping on the device (no host synchronisation per step)
+            finite = torch.isfinite(out.loss)
+            bad_timesteps = torch.where((first_bad < 0) & ~finite, out.timesteps, bad_timesteps)
+            first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=first_bad.device), first_bad)
+            quartile = (out.timesteps * 4 // T).clamp(max=3)
+            quartile_sum.scatter_add_(0, quartile, out.per_sample_loss.detach().float())
+            quartile_count.scatter_add_(0, quartile, torch.ones_like(out.per_sample_loss, dtype=torch.float))
+            loss_sum += out.loss.detach().float()
+        if ema is not None:
+            ema.step(model.parameters())
+        state.step = step + 1
+        window_steps += 1
+
+        last = state.step == run.max_train_steps
+        if state.step % run.logging_steps == 0 or last or state.step % run.checkpointing_steps == 0:
+            if int(first_bad) >= 0:
+                raise FloatingPointError(
+                    f"loss became NaN/inf at step {int(first_bad)} (timesteps {bad_timesteps.tolist()}); "
+                    "stopping without saving weights: lower --learning_rate or check --loss_weighting"
+                )
+            elapsed = time.perf_counter() - window_start
+            mean_loss = float(loss_sum) / (window_steps * run.gradient_accumulation_steps)
+            images_per_s = window_steps * run.gradient_accumulation_steps * x0.shape[0] * accelerator.num_processes / elapsed
+            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": images_per_s}
+            for q in range(4):
+                if quartile_count[q] > 0:
+                    logs[f"loss_q{q}"] = float(quartile_sum[q] / quartile_count[q])
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
+            accelerator.log(logs, step=state.step)
+            state.history.append({"step": state.step, "loss": mean_loss})
+            quartile_sum.zero_(), quartile_count.zero_(), loss_sum.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+
+        if state.step % run.checkpointing_steps == 0 and not last:
+            save_checkpoint(accelerator, run.output_dir, state.step, run.checkpoints_total_limit)
+
+        if run.save_images_steps and state.step % run.save_images_steps == 0 and not last:
+            if accelerator.is_main_process:
+                grid = _sample_with_ema(accelerator, model, ema, scheduler, run)
+                path = Path(run.output_dir) / "samples" / f"step_{state.step:06d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                grid.save(path)
+            accelerator.wait_for_everyone()
+
+    # 5. Save the EMA weights as a diffusers pipeline, with the model card; push if asked
+    accelerator.wait_for_everyone()
+    output_dir = Path(run.output_dir)
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(model)
+        unet = getattr(unet, "_orig_mod", unet)
+        if ema is not None:
+            ema.copy_to(unet.parameters())
+        unet = unet.to(memory_format=torch.contiguous_format).float()
+        _save_everything(unet, scheduler, state, data_args, obj, run, output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if run.push_to_hub and accelerator.is_main_process:
+        _push(run, output_dir)
+    return output_dir
+
+
+def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments):
+    unet = accelerator.unwrap_model(model)
+    unet = getattr(unet, "_orig_mod", unet)
+    if ema is not None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+    unet.eval()
+    try:
+        return sample_images(unet, scheduler, run.num_sample_images, run.num_inference_steps, run.seed, accelerator.device)
+    finally:
+        unet.train()
+        if ema is not None:
+            ema.restore(unet.parameters())
+
+
+def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: RunArguments, output_dir: Path) -> None:
+    from ddpm_objectives_hf.model_card import write_model_card
+    from ddpm_objectives_hf.pipeline_io import needs_plugin_scheduler, objective_config, save_pipeline
+    from ddpm_objectives_hf.plots import plot_loss_curve, plot_weighting
+
+    unet.eval()
+    dataset = data_args.dataset_name or data_args.train_data_dir or "sklearn-digits"
+    final_loss = state.history[-1]["loss"] if state.history else float("nan")
+    extra = {"timestep_sampler": obj.timestep_sampler, "dataset": dataset, "train_steps": state.step}
+    save_pipeline(unet, scheduler, output_dir, extra=extra)
+    grid = sample_images(unet, scheduler, run.num_sample_images, run.num_inference_steps, run.seed, unet.device)
+    grid.save(output_dir / "samples.png")
+    t = torch.arange(scheduler.config.num_train_timesteps)
+    curves = {f"{obj.loss_weighting} ({scheduler.config.loss_type})": scheduler.effective_weight(t).numpy()}
+    if obj.loss_weighting != "simple":
+        curves["simple (L_simple)"] = torch.ones(len(t)).numpy()
+    plot_weighting(t.numpy(), curves, output_dir / "weighting.png")
+    if state.history:
+        plot_loss_curve([h["step"] for h in state.history], [h["loss"] for h in state.history], output_dir / "loss.png")
+    (output_dir / "loss_history.json").write_text(json.dumps(state.history) + "\n")
+    images = {"samples": "samples.png", "weighting": "weighting.png"}
+    if state.history:
+        images["loss"] = "loss.png"
+    write_model_card(
+        output_dir,
+        objective={**objective_config(scheduler), "timestep_sampler": obj.timestep_sampler},
+        repo_id=run.hub_model_id,
+        dataset_name=dataset,
+        metrics={"final_loss": final_loss},
+        images=images,
+        training={
+            "train_steps": state.step,
+            "train_batch_size": run.train_batch_size,
+            "learning_rate": run.learning_rate,
+            "lr_scheduler": run.lr_scheduler,
+            "use_ema": run.use_ema,
+            "seed": run.seed,
+            "mixed_precision": run.mixed_precision or "no",
+        },
+        plugin_scheduler=needs_plugin_scheduler(scheduler),
+    )
+    logger.info("saved the pipeline, samples and model card to %s", output_dir)
+
+
+def _push(run: RunArguments, output_dir: Path) -> None:
+    from huggingface_hub import HfApi
+
+    from ddpm_objectives_hf.hub import push_to_hub, resolve_repo_id
+
+    api = HfApi(endpoint=run.hub_endpoint, token=run.hub_token)
+    repo_id = resolve_repo_id(run.hub_model_id, str(output_dir), api)
+    url = push_to_hub(
+        output_dir, repo_id, private=run.hub_private_repo, token=run.hub_token, endpoint=run.hub_endpoint
+    )
+    logger.info("pushed to %s", url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ddpm_objectives_hf.checkpointing import CheckpointError
+    from ddpm_objectives_hf.data import DataError
+    from ddpm_objectives_hf.hub import HubError
+
+    try:
+        data_args, model_args, obj, run = parse_args(argv)
+        train(data_args, model_args, obj, run)
+    except (UsageError, DataError, CheckpointError, HubError, FloatingPointError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
