@@ -62,24 +62,38 @@ _TARGET_ALIASES = {
 }
 
 _WEIGHTINGS = {  # canonical name -> (short phrase for the summary, long phrase for the details)
-    "uniform": ("uniform weighting", "uniform weighting over t (L_simple, Ho et al., 2020)"),
-    "snr": ("SNR weighting", "SNR weighting, w_t = SNR(t)"),
-    "min_snr": ("min-SNR-γ weighting", "min-SNR-γ weighting, w_t = min(SNR(t), γ) (Hang et al., 2023)"),
-    "max_snr": ("truncated-SNR weighting", "truncated-SNR weighting, w_t = max(SNR(t), 1)"),
-    "soft_min_snr": ("soft-min-SNR weighting", "soft-min-SNR weighting, w_t = 1/(1/SNR(t) + 1/γ)"),
-    "p2": ("P2 weighting", "P2 weighting, w_t = 1/(k + SNR(t))^γ (Choi et al., 2022)"),
-    "vlb": ("variational-bound weighting", "the variational-bound weighting (the true ELBO, up to constants)"),
-    "sigmoid": ("sigmoid weighting", "sigmoid weighting of the log-SNR"),
-    "edm": ("EDM weighting", "EDM weighting (Karras et al., 2022)"),
+    "uniform": ("uniform weighting", "uniform weighting of the ε-MSE over t (L_simple, Ho et al., 2020)"),
+    "snr": ("SNR weighting", "SNR weighting, w_t = SNR(t) in ε-units"),
+    "truncated_snr": (
+        "truncated-SNR weighting",
+        "truncated-SNR weighting, w_t = max(SNR(t), 1) in x₀-units, i.e. max(1, 1/SNR(t)) in ε-units "
+        "(Salimans & Ho, 2022)",
+    ),
+    "min_snr": (
+        "min-SNR-γ weighting",
+        "min-SNR-γ weighting, w_t = min(SNR(t), γ) in x₀-units, i.e. min(1, γ/SNR(t)) in ε-units (Hang et al., 2023)",
+    ),
+    "soft_min_snr": (
+        "soft-min-SNR weighting",
+        "soft-min-SNR weighting, w_t = γ/(SNR(t) + γ) in ε-units (Crowson et al., 2024)",
+    ),
+    "p2": ("P2 weighting", "P2 weighting, w_t = 1/(k + SNR(t))^γ in ε-units (Choi et al., 2022)"),
+    "edm": ("EDM weighting", "EDM weighting, w_t = 1 + 1/(σ_data²·SNR(t)) in ε-units (Karras et al., 2022)"),
+    "debiased": ("debiased weighting", "debiased-estimation weighting, w_t = 1/√SNR(t) in ε-units (Yu et al., 2024)"),
+    "sigmoid": ("sigmoid weighting", "sigmoid weighting of the log-SNR λ, w = sigmoid(b − λ) (Kingma & Gao, 2023)"),
+    "vlb": (
+        "variational-bound weighting",
+        "the ELBO's own weighting λ_t = β_t²/(2σ_t²α_t(1−ᾱ_t)) (Ho et al., 2020, eq. 12): the true variational bound",
+    ),
 }
 _WEIGHTING_ALIASES = {
+    "simple": "uniform",
     "none": "uniform",
     "constant": "uniform",
-    "simple": "uniform",
     "eps": "uniform",
     "min_snr_gamma": "min_snr",
     "minsnr": "min_snr",
-    "truncated_snr": "max_snr",
+    "max_snr": "truncated_snr",
     "elbo": "vlb",
     "kl": "vlb",
 }
@@ -106,12 +120,13 @@ _VARIANCES = {
 
 _SAMPLERS = {
     "uniform": "t drawn uniformly from {1, …, T}",
-    "importance": "t importance-sampled ∝ √E[L_t²] from a history of per-timestep losses (Improved DDPM)",
-    "loss_aware": "t importance-sampled ∝ √E[L_t²] from a history of per-timestep losses (Improved DDPM)",
-    "loss-aware": "t importance-sampled ∝ √E[L_t²] from a history of per-timestep losses (Improved DDPM)",
+    "stratified": "stratified t: one stratum of {1, …, T} per sample of the global batch (unbiased, lower variance)",
+    "importance": "t importance-sampled ∝ √E[L_t²] from a history of per-timestep losses (Nichol & Dhariwal, 2021)",
+    "loss_aware": "t importance-sampled ∝ √E[L_t²] from a history of per-timestep losses (Nichol & Dhariwal, 2021)",
+    "logit_normal": "t = ⌊T·sigmoid(n)⌋ with n ~ N(μ, σ²), a logit-normal timestep density (Esser et al., 2024)",
 }
 
-_GREEK = {"gamma": "γ", "lambda": "λ", "lam": "λ", "sigma": "σ", "alpha": "α", "beta": "β", "rho": "ρ"}
+_GREEK = {"gamma": "γ", "lambda": "λ", "lam": "λ", "sigma": "σ", "sigma_data": "σ_data", "bias": "b", "rho": "ρ"}
 
 _IMAGE_CAPTIONS = {
     "samples": "Samples",
@@ -172,49 +187,43 @@ def _canonical(value: Any, aliases: Mapping[str, str]) -> str | None:
     return aliases.get(key, key)
 
 
-# Parameter names (after stripping a weighting prefix such as `min_snr_`) that belong to each weighting.
-_WEIGHTING_PARAM_NAMES = {
-    "min_snr": ("gamma",),
-    "soft_min_snr": ("gamma",),
-    "max_snr": ("gamma",),
-    "snr": ("gamma",),
-    "p2": ("gamma", "k"),
-    "sigmoid": ("bias", "b"),
+# Config keys (as in DDPMObjectiveScheduler's config) holding the parameters of each weighting / loss type; keys that
+# start with `<name>_` (e.g. `min_snr_gamma`) are recognised too.
+_WEIGHTING_PARAM_KEYS = {
+    "min_snr": ("snr_gamma",),
+    "soft_min_snr": ("snr_gamma",),
+    "p2": ("p2_k", "p2_gamma"),
     "edm": ("sigma_data",),
+    "sigmoid": ("sigmoid_bias",),
 }
-_LOSS_PARAM_NAMES = {"hybrid": ("lambda", "lam", "vlb_weight", "weight")}
+_LOSS_PARAM_KEYS = {"hybrid": ("hybrid_lambda", "vlb_lambda", "lambda_vlb")}
 
 
-def _short_name(name: str, owner: str | None) -> str:
-    """`min_snr_gamma` → `gamma`, `p2_k` → `k`, `hybrid_lambda` → `lambda`."""
-    short = name
-    for prefix in filter(None, (owner, "loss_weighting", "weighting", "loss", "snr", "p2", "vlb", "hybrid")):
-        if short.startswith(prefix + "_") and len(short) > len(prefix) + 1:
-            short = short[len(prefix) + 1 :]
-    return short
+def _short_name(key: str) -> str:
+    """`snr_gamma` → `gamma`, `p2_k` → `k`, `hybrid_lambda` → `lambda`, `sigma_data` stays."""
+    if key in ("sigma_data", "lambda_vlb"):
+        return {"lambda_vlb": "lambda"}.get(key, key)
+    return key.rsplit("_", 1)[-1]
 
 
-def _params(objective: Mapping[str, Any], owner: str | None, names: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
-    """Scalar parameters of a weighting/loss named `owner` found in the objective dict, keyed by short name."""
+def _params(objective: Mapping[str, Any], owner: str | None, keys: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Scalar parameters of the weighting/loss `owner` found in the objective dict, keyed by short name."""
     if not owner:
         return {}
     params: dict[str, Any] = {}
-    explicit_keys = ("weighting_params", "loss_weighting_params") if names is _WEIGHTING_PARAM_NAMES else ()
-    for key in explicit_keys:
-        if isinstance(objective.get(key), Mapping):
-            params.update({str(k): v for k, v in objective[key].items() if v is not None})
+    if keys is _WEIGHTING_PARAM_KEYS:
+        for key in ("weighting_params", "loss_weighting_params"):
+            if isinstance(objective.get(key), Mapping):
+                params.update({str(k): v for k, v in objective[key].items() if v is not None})
     for key, value in objective.items():
         if key in _CORE_KEYS or value is None or isinstance(value, bool):
             continue
         if not isinstance(_plain(value), (int, float)):
             continue
-        short = _short_name(key, owner)
-        if (
-            key.startswith(owner + "_")
-            or short in names.get(owner, ())
-            or (names is _LOSS_PARAM_NAMES and owner == "hybrid" and key.startswith("vlb_"))
-        ):
-            params.setdefault(short, value)
+        own = keys.get(owner, ())
+        known_elsewhere = any(key in other for name, other in keys.items() if name != owner)
+        if key in own or (key.startswith(owner + "_") and not known_elsewhere):
+            params.setdefault(_short_name(key), value)
     return params
 
 
@@ -236,8 +245,8 @@ def describe_objective(objective: Mapping[str, Any]) -> tuple[str, list[str]]:
     prediction = _canonical(objective.get("prediction_type"), _TARGET_ALIASES)
     weighting = _canonical(objective.get("loss_weighting"), _WEIGHTING_ALIASES)
     loss = _canonical(objective.get("loss_type"), {})
-    param_text = _param_text(_params(objective, weighting, _WEIGHTING_PARAM_NAMES))
-    loss_param_text = _param_text(_params(objective, loss, _LOSS_PARAM_NAMES))
+    param_text = _param_text(_params(objective, weighting, _WEIGHTING_PARAM_KEYS))
+    loss_param_text = _param_text(_params(objective, loss, _LOSS_PARAM_KEYS))
 
     target_short, target_long = _TARGETS.get(prediction or "", (f"the {prediction} target", None))
     weighting_short, weighting_long = _WEIGHTINGS.get(weighting or "", (f"{weighting} weighting",) * 2)
@@ -268,7 +277,7 @@ def describe_objective(objective: Mapping[str, Any]) -> tuple[str, list[str]]:
         )
     sampler = _canonical(objective.get("timestep_sampler"), {})
     if sampler:
-        text = _SAMPLERS.get(sampler, _SAMPLERS.get(sampler.replace("_", "-"), sampler))
+        text = _SAMPLERS.get(sampler, sampler)
         details.append(f"**Timesteps** (`timestep_sampler={objective.get('timestep_sampler')}`): {text}.")
     schedule = objective.get("beta_schedule")
     steps = objective.get("num_train_timesteps")

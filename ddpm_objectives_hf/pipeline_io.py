@@ -109,7 +109,9 @@ def load_for_evaluation(
     try:
         pipeline = DiffusionPipeline.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
-        raise PipelineError(f"MODEL_DIR {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}") from err
+        raise PipelineError(
+            f"MODEL_DIR {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
+        ) from err
     unet = getattr(pipeline, "unet", None)
     scheduler = getattr(pipeline, "scheduler", None)
     if not isinstance(unet, UNet2DModel) or not isinstance(scheduler, DDPMScheduler):

@@ -351,11 +351,15 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         """
         return self._lookup(self._weights["epsilon_units" if units is None else units], timesteps)
 
+    def vlb_weight(self, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """The ELBO's λ_t in ε-units for the model's fixed variance: ``L_{t−1} = λ_t · mean‖ε − ε̂‖²`` (nats/dim)."""
+        return self._lookup(self._vlb_weight_eps, timesteps)
+
     def effective_weight(self, timesteps: torch.Tensor | int) -> torch.Tensor:
         """ε-units weight of the whole configured loss on the mean: the weighting for `mse` and `hybrid`,
         ``T · λ_t / ln 2`` (bits, rescaled like ``RESCALED_KL``) for `kl` (λ_t the VLB weight)."""
         if self.config.loss_type == "kl":
-            return self._lookup(self._vlb_weight_eps, timesteps) * self.config.num_train_timesteps / LOG2
+            return self.vlb_weight(timesteps) * self.config.num_train_timesteps / LOG2
         return self.loss_weight(timesteps)
 
     # ------------------------------------------------------------------ model output

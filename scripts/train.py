@@ -131,7 +131,9 @@ class RunArguments:
     hub_model_id: str | None = None
     hub_private_repo: bool = False
     hub_token: str | None = field(default=None, metadata={"help": "Defaults to the logged-in token."})
-    hub_endpoint: str | None = field(default=None, metadata={"help": "Hub URL (default: HF_ENDPOINT or huggingface.co)."})
+    hub_endpoint: str | None = field(
+        default=None, metadata={"help": "Hub URL (default: HF_ENDPOINT or huggingface.co)."}
+    )
 
 
 class UsageError(ValueError):
@@ -265,7 +267,11 @@ class DataStream:
         self.generator = torch.Generator(device=accelerator.device).manual_seed(run.seed + accelerator.process_index)
         if self.in_memory:
             self.data = InMemoryImageData.from_dataset(
-                dataset, column, resolution, self.channels, device=accelerator.device,
+                dataset,
+                column,
+                resolution,
+                self.channels,
+                device=accelerator.device,
                 num_proc=data_args.preprocessing_num_workers,
             )
             self.batches_per_epoch = self.num_images // per_step
@@ -315,7 +321,9 @@ class TrainState:
         return {
             "step": torch.tensor(self.step),
             "generator": self.stream.generator.get_state(),
-            "history": torch.tensor([[h["step"], h["loss"]] for h in self.history], dtype=torch.float64).reshape(-1, 2),
+            "history": torch.tensor([[h["step"], h["loss"]] for h in self.history], dtype=torch.float64).reshape(
+                -1, 2
+            ),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -396,6 +404,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.train_batch_size
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(run.seed)
+    if accelerator.is_main_process:
+        logger.info("training with %d process(es) on %s", accelerator.num_processes, accelerator.device)
 
     # 1. Data: x0 ~ p_data
     default_resolution = 8 if not (data_args.dataset_name or data_args.train_data_dir) else 32
@@ -410,16 +420,28 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     ema = None
     if run.use_ema:
         ema = EMAModel(
-            model.parameters(), decay=run.ema_max_decay, use_ema_warmup=True, inv_gamma=run.ema_inv_gamma,
-            power=run.ema_power, foreach=True, model_cls=type(model), model_config=model.config,
+            model.parameters(),
+            decay=run.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=run.ema_inv_gamma,
+            power=run.ema_power,
+            foreach=True,
+            model_cls=type(model),
+            model_config=model.config,
         )
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=run.learning_rate, betas=(run.adam_beta1, run.adam_beta2),
-        weight_decay=run.adam_weight_decay, eps=run.adam_epsilon, foreach=True,
+        model.parameters(),
+        lr=run.learning_rate,
+        betas=(run.adam_beta1, run.adam_beta2),
+        weight_decay=run.adam_weight_decay,
+        eps=run.adam_epsilon,
+        foreach=True,
     )
     try:
         lr_scheduler = get_scheduler(
-            run.lr_scheduler, optimizer=optimizer, num_warmup_steps=run.lr_warmup_steps * accelerator.num_processes,
+            run.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=run.lr_warmup_steps * accelerator.num_processes,
             num_training_steps=run.max_train_steps * accelerator.num_processes,
         )
     except ValueError as err:
@@ -430,8 +452,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     if ema is not None:
         ema.to(accelerator.device)
     sampler = make_timestep_sampler(
-        obj.timestep_sampler, scheduler.config.num_train_timesteps, num_processes=accelerator.num_processes,
-        process_index=accelerator.process_index, logit_mean=obj.logit_mean, logit_std=obj.logit_std,
+        obj.timestep_sampler,
+        scheduler.config.num_train_timesteps,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        logit_mean=obj.logit_mean,
+        logit_std=obj.logit_std,
     )
     state = TrainState(stream)
     for obj_to_save in ([ema] if ema is not None else []) + [StateAdapter(sampler), state]:
@@ -448,7 +474,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         config["run"].pop("hub_token", None)
         (Path(run.output_dir) / "training_config.json").write_text(json.dumps(config, indent=2) + "\n")
     if report_to:
-        run_config = {k: v for k, v in {**asdict(obj), **asdict(run)}.items() if isinstance(v, (int, float, str, bool))}
+        run_config = {
+            k: v for k, v in {**asdict(obj), **asdict(run)}.items() if isinstance(v, (int, float, str, bool))
+        }
         run_config.pop("hub_token", None)
         accelerator.init_trackers("ddpm-objectives-hf", config=run_config)
 
@@ -460,8 +488,11 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
     bad_timesteps = torch.zeros(run.train_batch_size, dtype=torch.long, device=accelerator.device)
     progress = tqdm(
-        range(state.step, run.max_train_steps), initial=state.step, total=run.max_train_steps,
-        disable=not accelerator.is_local_main_process, desc="training",
+        range(state.step, run.max_train_steps),
+        initial=state.step,
+        total=run.max_train_steps,
+        disable=not accelerator.is_local_main_process,
+        desc="training",
     )
     window_start, window_steps = time.perf_counter(), 0
     model.train()
@@ -483,7 +514,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
             # bookkeeping on the device (no host synchronisation per step)
             finite = torch.isfinite(out.loss)
             bad_timesteps = torch.where((first_bad < 0) & ~finite, out.timesteps, bad_timesteps)
-            first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=first_bad.device), first_bad)
+            first_bad = torch.where(
+                (first_bad < 0) & ~finite, torch.tensor(step + 1, device=first_bad.device), first_bad
+            )
             quartile = (out.timesteps * 4 // T).clamp(max=3)
             quartile_sum.scatter_add_(0, quartile, out.per_sample_loss.detach().float())
             quartile_count.scatter_add_(0, quartile, torch.ones_like(out.per_sample_loss, dtype=torch.float))
@@ -502,7 +535,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
                 )
             elapsed = time.perf_counter() - window_start
             mean_loss = float(loss_sum) / (window_steps * run.gradient_accumulation_steps)
-            images_per_s = window_steps * run.gradient_accumulation_steps * x0.shape[0] * accelerator.num_processes / elapsed
+            images_per_s = (
+                window_steps * run.gradient_accumulation_steps * x0.shape[0] * accelerator.num_processes / elapsed
+            )
             logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": images_per_s}
             for q in range(4):
                 if quartile_count[q] > 0:
@@ -551,7 +586,9 @@ def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments):
         ema.copy_to(unet.parameters())
     unet.eval()
     try:
-        return sample_images(unet, scheduler, run.num_sample_images, run.num_inference_steps, run.seed, accelerator.device)
+        return sample_images(
+            unet, scheduler, run.num_sample_images, run.num_inference_steps, run.seed, accelerator.device
+        )
     finally:
         unet.train()
         if ema is not None:
@@ -576,7 +613,9 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
         curves["simple (L_simple)"] = torch.ones(len(t)).numpy()
     plot_weighting(t.numpy(), curves, output_dir / "weighting.png")
     if state.history:
-        plot_loss_curve([h["step"] for h in state.history], [h["loss"] for h in state.history], output_dir / "loss.png")
+        plot_loss_curve(
+            [h["step"] for h in state.history], [h["loss"] for h in state.history], output_dir / "loss.png"
+        )
     (output_dir / "loss_history.json").write_text(json.dumps(state.history) + "\n")
     images = {"samples": "samples.png", "weighting": "weighting.png"}
     if state.history:

@@ -134,3 +134,22 @@ def test_describe_objective_and_tags():
         "prediction-sample",
         "weighting-soft-min-snr",
     ]
+
+
+def test_only_the_weightings_own_parameters_are_shown():
+    # Every parameter is present in DDPMObjectiveScheduler's config; only the active weighting's are described.
+    full = {
+        "prediction_type": "epsilon",
+        "loss_type": "mse",
+        "snr_gamma": 5.0,
+        "p2_k": 1.0,
+        "p2_gamma": 0.5,
+        "sigma_data": 0.5,
+        "sigmoid_bias": 0.0,
+        "hybrid_lambda": 0.001,
+    }
+    summary = describe_objective({**full, "loss_weighting": "p2"})[0]
+    assert summary == "Trained with the ε target under P2 weighting (k=1, γ=0.5)."
+    assert describe_objective({**full, "loss_weighting": "snr"})[0] == "Trained with the ε target under SNR weighting."
+    summary = describe_objective({**full, "loss_weighting": "simple", "loss_type": "hybrid"})[0]
+    assert summary.endswith("uniform weighting, with the hybrid L_simple + λ·L_vlb loss (λ=0.001).")
