@@ -19,7 +19,6 @@ __all__ = [
     "plot_elbo_terms",
     "plot_loss_curve",
     "plot_weighting",
-    "vlb_weights_from_betas",
 ]
 
 _DPI = 120
@@ -71,35 +70,6 @@ def normalise_mean_one(values: Sequence[float] | np.ndarray) -> np.ndarray:
     if not math.isfinite(mean) or mean <= 0:
         return arr
     return arr / mean
-
-
-def vlb_weights_from_betas(betas: Sequence[float] | np.ndarray, variance_type: str = "fixed_small") -> np.ndarray:
-    """Weights λ_t that turn the ε-MSE into the KL terms L_{t-1} of the variational bound (Ho et al., 2020, eq. 12).
-
-    `λ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t))`, with `σ_t² = β̃_t` (`"fixed_small"`) or `σ_t² = β_t` (`"fixed_large"`).
-    With `fixed_small` the first entry (the decoder term L_0, not a KL) is NaN.
-
-    Args:
-        betas: The noise schedule β_1..β_T.
-        variance_type: `"fixed_small"` or `"fixed_large"`.
-
-    Returns:
-        Array of length T with the VLB weight of every timestep, in ε-units.
-    """
-    beta = _as_1d(betas, "betas")
-    alpha = 1.0 - beta
-    alpha_bar = np.cumprod(alpha)
-    alpha_bar_prev = np.concatenate([[1.0], alpha_bar[:-1]])
-    if variance_type == "fixed_small":
-        sigma2 = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-    elif variance_type == "fixed_large":
-        sigma2 = beta.copy()
-    else:
-        raise ValueError(f"variance_type must be 'fixed_small' or 'fixed_large', got {variance_type!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weights = beta**2 / (2.0 * sigma2 * alpha * (1.0 - alpha_bar))
-    weights[~np.isfinite(weights)] = np.nan
-    return weights
 
 
 def plot_weighting(
@@ -213,14 +183,13 @@ def plot_elbo_terms(
     prior_bpd: float | None = None,
     decoder_bpd: float | None = None,
     vlb_weighting: Sequence[float] | np.ndarray | None = None,
-    betas: Sequence[float] | np.ndarray | None = None,
     title: str = "Variational bound terms over t",
 ) -> Path:
     """Plot the KL terms L_{t-1} over t in bits/dim (log y) with, on a twin axis, the objective's weighting.
 
     The twin axis shows the objective's effective weighting next to the VLB weights (both normalised to mean 1,
     uniform = 1 drawn dotted), as in the "VLB weights vs uniform" comparison of the DDPM derivation. The VLB
-    weights are `vlb_weighting` if given, else computed from `betas` (σ_t² = β̃_t) if given.
+    weights are `vlb_weighting` (e.g. `DDPMObjectiveScheduler.vlb_weight(t)`) when given.
 
     Args:
         timesteps: The t axis of `terms_bpd`.
@@ -231,7 +200,6 @@ def plot_elbo_terms(
         prior_bpd: The prior term L_T in bits/dim, annotated at the largest t.
         decoder_bpd: The decoder term L_0 in bits/dim, annotated at the smallest t.
         vlb_weighting: The VLB weights per timestep, optional.
-        betas: Noise schedule used to compute the VLB weights when `vlb_weighting` is not given.
         title: Figure title.
 
     Returns:
@@ -240,12 +208,7 @@ def plot_elbo_terms(
     t = _as_1d(timesteps, "timesteps")
     terms = _as_1d(terms_bpd, "terms_bpd")
     _check_same_length(t, terms, "timesteps", "terms_bpd")
-    if vlb_weighting is None and betas is not None:
-        vlb = vlb_weights_from_betas(betas)
-        if vlb.size != t.size:
-            raise ValueError(f"betas has {vlb.size} entries but timesteps has {t.size}")
-    else:
-        vlb = None if vlb_weighting is None else _as_1d(vlb_weighting, "vlb_weighting")
+    vlb = None if vlb_weighting is None else _as_1d(vlb_weighting, "vlb_weighting")
 
     fig = Figure(figsize=(7.2, 4.4))
     ax = fig.add_subplot()

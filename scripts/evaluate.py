@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -184,6 +184,7 @@ def evaluate(args: EvalArguments) -> dict:
             out_dir / "elbo_terms.png",
             weighting=scheduler.effective_weight(t).numpy(),
             weighting_label=f"{scheduler.config.loss_weighting} ({scheduler.config.loss_type})",
+            vlb_weighting=scheduler.vlb_weight(t).numpy(),
             prior_bpd=decomposition["prior_L_T"],
             decoder_bpd=decomposition["decoder_L_0"],
         )
