@@ -321,15 +321,15 @@ class TrainState:
         return {
             "step": torch.tensor(self.step),
             "generator": self.stream.generator.get_state(),
-            "history": torch.tensor([[h["step"], h["loss"]] for h in self.history], dtype=torch.float64).reshape(
-                -1, 2
-            ),
+            "history": torch.tensor(
+                [[h["step"], h["loss"], h["images_per_s"]] for h in self.history], dtype=torch.float64
+            ).reshape(-1, 3),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.stream.generator.set_state(state["generator"])
-        self.history = [{"step": int(s), "loss": float(v)} for s, v in state["history"].tolist()]
+        self.history = [{"step": int(s), "loss": v, "images_per_s": r} for s, v, r in state["history"].tolist()]
 
 
 class StateAdapter:
@@ -546,7 +546,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
                 logs["ema_decay"] = ema.cur_decay_value
             progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
             accelerator.log(logs, step=state.step)
-            state.history.append({"step": state.step, "loss": mean_loss})
+            state.history.append({"step": state.step, "loss": mean_loss, "images_per_s": images_per_s})
             quartile_sum.zero_(), quartile_count.zero_(), loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
 
