@@ -143,11 +143,16 @@ class DDPMObjectiveScheduler(DDPMScheduler):
 
     # ------------------------------------------------------------------ per-timestep tables (float64, length T)
     def _build_tables(self) -> None:
-        """Everything the objective needs per training timestep, computed once in float64."""
-        betas = self.betas.double()
-        alphas = 1.0 - betas
-        ac = torch.cumprod(alphas, dim=0)
+        """Everything the objective needs per training timestep, computed once in float64.
+
+        The schedule is diffusers' own ``alphas_cumprod`` (the ᾱ_t that `add_noise` and `step` use); every derived
+        quantity (β_t = 1 − ᾱ_t/ᾱ_{t−1}, SNR, posterior, weights) is computed from it in float64, so the objective
+        is exact for the forward process the model is trained on (at small t, 1 − ᾱ_t from a float32 cumprod
+        differs from the float64 one by ~1e-4 relative, which the KL terms would otherwise feel).
+        """
+        ac = self.alphas_cumprod.double()
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+        betas = 1.0 - ac / ac_prev
         coef1, coef2, post_var = _posterior_coefficients(ac, ac_prev)
         # β̃ at t = 0 is 0; the clipped log-variance reuses β̃ at t = 1 there (improved-diffusion).
         post_var_1 = post_var[1] if len(post_var) > 1 else betas[0]
@@ -408,14 +413,39 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             model_mean = prediction
         else:
             model_mean = self.posterior_mean(pred_x0, xt, timesteps)
-        model_logvar = self.model_log_variance(timesteps, xt, variance_values)
+        fixed_variance = variance_values is None and self.config.variance_type != "learned_range"
+        if fixed_variance:
+            # a fixed variance is one number per sample: keep it [N, 1, ...] so that exp/log run on N values, not on
+            # every element (broadcasting gives the same value per element); expanded only for the returned dict
+            model_logvar = self._table("model_log_variance_fixed", timesteps, xt)
+        else:
+            model_logvar = self.model_log_variance(timesteps, xt, variance_values)
         true_mean = self.posterior_mean(x0, xt, timesteps)
         true_logvar = self._table("posterior_log_variance_clipped", timesteps, xt)
         kl = mean_flat(normal_kl(true_mean, true_logvar, model_mean, model_logvar)) / LOG2
-        decoder_nll = (
-            -mean_flat(discretized_gaussian_log_likelihood(x0, means=model_mean, log_scales=0.5 * model_logvar)) / LOG2
-        )
-        vb = torch.where(timesteps.to(kl.device) == 0, decoder_nll, kl)
+        first = timesteps.to(kl.device) == 0
+
+        def decoder_nll(rows=slice(None)):
+            log_scales = 0.5 * model_logvar[rows]
+            nll = discretized_gaussian_log_likelihood(x0[rows], means=model_mean[rows], log_scales=log_scales)
+            return -mean_flat(nll) / LOG2
+
+        n = kl.shape[0] if kl.ndim == 1 else -1
+        same_batch = first.shape == (n,) and x0.shape[0] == model_mean.shape[0] == model_logvar.shape[0] == n
+        if kl.device.type == "cpu" and same_batch:
+            # On the CPU reading the mask costs no device synchronisation: evaluate the decoder NLL (4 log Φ over the
+            # batch, the dearest part of the loss) only for the samples with t = 0 instead of for all and discarding.
+            rows = first.nonzero().flatten()
+            if len(rows) == 0:
+                vb = kl
+            elif len(rows) == len(first):
+                vb = decoder_nll()
+            else:
+                vb = kl.index_put((rows,), decoder_nll(rows))
+        else:
+            vb = torch.where(first, decoder_nll(), kl)
+        if fixed_variance:
+            model_logvar = model_logvar.expand_as(xt)
         return {"vb": vb, "pred_xstart": pred_x0, "model_mean": model_mean, "model_log_variance": model_logvar}
 
     def prior_bpd(self, original_samples: torch.Tensor) -> torch.Tensor:

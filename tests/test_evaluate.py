@@ -1,0 +1,184 @@
+"""The fast bits/dim estimator against closed forms, and scripts/evaluate.py end to end on a tiny pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from ddpm_objectives_hf import DDPMObjectiveScheduler
+from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal, make_strata
+from ddpm_objectives_hf.scripts import evaluate, train
+
+T = 100
+LN2 = math.log(2.0)
+
+
+def offset(t: torch.Tensor) -> torch.Tensor:
+    """A known error of the oracle's x0 prediction at t: x̂0 = x0 + c_t."""
+    return 0.02 + 0.05 * torch.cos(t.double() / 7.0) ** 2
+
+
+class OffsetOracle:
+    """Knows the one training image x0 and predicts ε̂ so that x̂0 = x0 + c_t."""
+
+    def __init__(self, scheduler, x0):
+        self.x0, self.ac = x0, scheduler.alphas_cumprod.double()
+
+    def __call__(self, xt, t):
+        a = self.ac[t].sqrt().view(-1, 1, 1, 1).to(xt.dtype)
+        s = (1 - self.ac[t]).sqrt().view(-1, 1, 1, 1).to(xt.dtype)
+        x0_hat = self.x0 + offset(t).view(-1, 1, 1, 1).to(xt.dtype)
+        return (xt - a * x0_hat) / s
+
+
+def closed_form_bound(x0: torch.Tensor) -> float:
+    """prior + decoder + Σ KL for the offset oracle, in bits/dim, in numpy/scipy from diffusers' own ᾱ_t."""
+    from diffusers import DDPMScheduler
+
+    ac = DDPMScheduler(num_train_timesteps=T).alphas_cumprod.double().numpy()
+    ac_prev = np.concatenate([[1.0], ac[:-1]])
+    betas = 1 - ac / ac_prev
+    post_var = betas * (1 - ac_prev) / (1 - ac)
+    coef1 = np.sqrt(ac_prev) * betas / (1 - ac)
+    c = offset(torch.arange(T)).numpy()
+    kl = 0.5 * (coef1[1:] * c[1:]) ** 2 / post_var[1:] / LN2  # equal variances: only the mean term
+    x = x0.double().numpy().ravel()
+    # prior: KL(N(√ᾱ_T x0, 1 − ᾱ_T) ‖ N(0, 1)) per dim
+    m, v = np.sqrt(ac[-1]) * x, 1 - ac[-1]
+    prior = np.mean(0.5 * (-1 - np.log(v) + v + m**2)) / LN2
+    # decoder at t = 0: discretized Gaussian, mean x0 + c_0, variance β̃_1 (clipped)
+    mean, sd = x + c[0], np.sqrt(post_var[1])
+    upper = np.where(x > 0.999, np.inf, x + 1 / 255)
+    lower = np.where(x < -0.999, -np.inf, x - 1 / 255)
+    prob = norm.cdf((upper - mean) / sd) - norm.cdf((lower - mean) / sd)
+    decoder = -np.mean(np.log(prob)) / LN2
+    return float(prior + decoder + kl.sum())
+
+
+@pytest.fixture(scope="module")
+def oracle_setup():
+    scheduler = DDPMObjectiveScheduler(num_train_timesteps=T)
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.randint(0, 256, (1, 1, 4, 4), generator=g).double() / 127.5 - 1).float()
+    return scheduler, x0, OffsetOracle(scheduler, x0)
+
+
+def test_full_bpd_equals_closed_form(oracle_setup):
+    scheduler, x0, model = oracle_setup
+    full = full_bpd(model, scheduler, x0.repeat(2, 1, 1, 1).double(), progress=False)
+    assert full["terms"].shape == (2, T)
+    np.testing.assert_allclose(full["total"].numpy(), closed_form_bound(x0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_fast_estimator_is_unbiased_and_interval_covers(oracle_setup, learned):
+    scheduler, x0, model = oracle_setup
+    truth = closed_form_bound(x0)
+    images = x0.repeat(2000, 1, 1, 1).double()
+    g = torch.Generator().manual_seed(1)
+    proposal = learn_proposal(model, scheduler, x0.double(), grid_size=16, generator=g)[0] if learned else None
+    est = estimate_bpd(model, scheduler, images, num_timesteps=8, proposal=proposal, generator=g, progress=False)
+    assert est["evaluations_per_image"] <= 8
+    assert est["stderr"] > 0  # t is random: the per-image estimates vary
+    assert abs(est["bpd"] - truth) < 4 * est["stderr"]
+    assert est["ci95"][0] <= truth <= est["ci95"][1]
+
+
+def test_learned_proposal_reduces_variance(oracle_setup):
+    scheduler, x0, model = oracle_setup
+    images = x0.repeat(500, 1, 1, 1).double()
+    g = torch.Generator().manual_seed(2)
+    uniform = estimate_bpd(model, scheduler, images, num_timesteps=6, generator=g, progress=False)
+    proposal, _ = learn_proposal(model, scheduler, x0.double(), grid_size=32, generator=g)
+    learned = estimate_bpd(model, scheduler, images, num_timesteps=6, proposal=proposal, generator=g, progress=False)
+    assert learned["stderr"] < uniform["stderr"]
+
+
+def test_strata_partition_timesteps():
+    q = torch.rand(T).double()
+    q[0] = 0
+    strata = make_strata(q / q.sum(), 7)
+    covered = torch.cat(strata)
+    assert torch.equal(covered, torch.arange(1, T)) and 1 <= len(strata) <= 7
+
+
+@pytest.mark.parametrize("k", [0, 1, T + 1])
+def test_estimator_rejects_bad_k(oracle_setup, k):
+    scheduler, x0, model = oracle_setup
+    with pytest.raises(ValueError, match="num_bpd_timesteps"):
+        estimate_bpd(model, scheduler, x0, num_timesteps=k, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------- the script
+TINY = [
+    "--block_out_channels", "8", "16", "--layers_per_block", "1", "--norm_num_groups", "4",
+    "--attention_resolution_index", "-1", "--train_batch_size", "16", "--max_train_steps", "4", "--logging_steps", "2",
+    "--num_inference_steps", "3", "--num_sample_images", "4", "--report_to", "none", "--num_train_timesteps", "20",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    assert train.main([*TINY, "--output_dir", str(out)]) == 0
+    return out
+
+
+def run_eval(model_dir, tmp_path, *extra):
+    return evaluate.main(
+        [str(model_dir), "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "16", "--num_samples", "16",
+         "--num_inference_steps", "4", "--num_bpd_timesteps", "5", "--pilot_images", "2", "--pilot_grid", "8",
+         "--fid_features", "digits", *extra]
+    )  # fmt: skip
+
+
+def test_report_on_tiny_pipeline(tiny_pipeline, tmp_path):
+    assert run_eval(tiny_pipeline, tmp_path) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    full, fast = report["bpd_full"], report["bpd_fast"]
+    assert full["network_evaluations"] == 16 * 20 and math.isfinite(full["bpd"]) and full["bpd"] > 0
+    assert full["bpd"] == pytest.approx(full["prior_bpd"] + full["decoder_bpd"] + full["kl_sum_bpd"], rel=1e-6)
+    assert fast["timesteps_per_image"] <= 5 and fast["ci95"][0] <= fast["bpd"] <= fast["ci95"][1]
+    assert report["sampling"]["num_inference_steps"] == 4 and report["sampling"]["num_samples"] == 16
+    assert report["fid"]["feature"] == "digits" and report["fid"]["fid"] > 0
+    assert sum(report["classifier_view"]["class_histogram"]) == 16
+    decomposition = json.loads((tmp_path / "eval" / "elbo_decomposition.json").read_text())
+    assert len(decomposition["terms_L_t_minus_1"]) == 20
+    for png in ("samples.png", "elbo_terms.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 0
+
+
+def test_not_a_pipeline(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_eval(tmp_path / "empty", tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert "MODEL_DIR" in err and "model_index.json" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("k", ["0", "21"])
+def test_k_out_of_range(tiny_pipeline, tmp_path, capsys, k):
+    assert run_eval(tiny_pipeline, tmp_path, "--num_bpd_timesteps", k) == 2
+    assert "--num_bpd_timesteps" in capsys.readouterr().err
+
+
+def test_channels_mismatch(tmp_path, capsys):
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+
+    out = tmp_path / "model"
+    assert train.main([*TINY, "--output_dir", str(out)]) == 0
+    rgb = [PILImage.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(4)]
+    Dataset.from_dict({"image": rgb}).cast_column("image", Image()).save_to_disk(str(tmp_path / "rgb"))
+    assert run_eval(out, tmp_path, "--dataset_name", str(tmp_path / "rgb"), "--split", "train") == 2
+    assert "channel" in capsys.readouterr().err
+
+
+def test_missing_feature_network_offline(tiny_pipeline, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DDPM_OBJECTIVES_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
+    assert run_eval(tiny_pipeline, tmp_path, "--fid_features", "inception", "--no_full_bpd") == 2
+    assert "--fid_features" in capsys.readouterr().err
