@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Study: train on digits with each objective (equal steps and seed), evaluate bits/dim, FID and speed.
 
-    python benchmarks/study_objectives.py                   # CPU, bounded (~1 h on 2 cores)
+    python benchmarks/study_objectives.py                   # CPU, bounded (~40 min on 2 cores)
     python benchmarks/study_objectives.py --quick           # smoke run (minutes)
     python benchmarks/study_objectives.py --long            # more steps and samples, for a GPU
 
@@ -48,11 +48,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "docs" / "study"))
     parser.add_argument("--runs", nargs="*", default=None, help=f"subset of {', '.join(RUNS)}")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--eval_images", type=int, default=360, help="held-out digits for bits/dim and FID")
-    parser.add_argument("--num_samples", type=int, default=360)
-    parser.add_argument("--num_inference_steps", type=int, default=1000)
+    parser.add_argument("--eval_images", type=int, default=200, help="held-out digits for bits/dim and FID")
+    parser.add_argument("--num_samples", type=int, default=200)
+    parser.add_argument("--num_inference_steps", type=int, default=250)
     parser.add_argument("--num_bpd_timesteps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="4 objectives, few steps: a smoke run")
@@ -62,7 +62,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.eval_images, args.num_samples, args.num_inference_steps = 200, 64, 64, 100
     if args.long:
-        args.steps *= 10
+        args.steps, args.eval_images, args.num_samples, args.num_inference_steps = 10 * args.steps, 360, 2000, 1000
     names = args.runs or (QUICK if args.quick else list(RUNS))
     unknown = [n for n in names if n not in RUNS]
     if unknown:
