@@ -1,8 +1,8 @@
 """Tests for `DDPMObjectiveScheduler`: conversions between targets, agreement with diffusers' `DDPMScheduler`,
 the `mean` target at sampling, posterior quantities, option validation and save/load.
 
-Every expected value is computed here independently: closed forms in numpy/float64 from the betas, diffusers' own
-`DDPMScheduler`, or improved-diffusion's formulas transcribed.
+Every expected value is computed here independently: closed forms in numpy/float64 from the schedule (diffusers' ᾱ
+table, β_t = 1 − ᾱ_t/ᾱ_{t−1}), diffusers' own `DDPMScheduler`, or improved-diffusion's formulas transcribed.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ def _one_thread():
 
 
 # ---------------------------------------------------------------------------------------------- numpy references
-def np_schedule(betas) -> dict[str, np.ndarray]:
-    """improved-diffusion's `GaussianDiffusion.__init__` tables, transcribed (numpy, float64)."""
-    betas = np.asarray(betas, dtype=np.float64)
-    alphas = 1.0 - betas
-    alphas_cumprod = np.cumprod(alphas, axis=0)
+def np_schedule(scheduler) -> dict[str, np.ndarray]:
+    """The schedule in numpy/float64 from diffusers' ᾱ table (`scheduler.alphas_cumprod`, the ᾱ_t that `add_noise`
+    and `step` use), with β_t = 1 − ᾱ_t/ᾱ_{t−1}; formulas as improved-diffusion's `GaussianDiffusion.__init__`."""
+    alphas_cumprod = scheduler.alphas_cumprod.double().numpy()
     alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+    alphas = alphas_cumprod / alphas_cumprod_prev
+    betas = 1.0 - alphas
     posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
     return {
         "betas": betas,
@@ -76,7 +77,7 @@ def T(x: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
 def test_conversions_round_trip_and_match_exact_targets(beta_schedule):
     sched = DDPMObjectiveScheduler(beta_schedule=beta_schedule)
-    ref = np_schedule(sched.betas.double().numpy())
+    ref = np_schedule(sched)
     num = sched.config.num_train_timesteps
     rng = np.random.default_rng(1)
     t = np.concatenate([[0, 1, 2, num // 2, num - 2, num - 1], rng.integers(0, num, size=10)])
@@ -94,22 +95,24 @@ def test_conversions_round_trip_and_match_exact_targets(beta_schedule):
         # the named helpers are the same conversions
         np.testing.assert_allclose(sched.predict_original_sample(pred, xt, tt, src).numpy(), x0, atol=1e-10)
         np.testing.assert_allclose(sched.predict_noise(pred, xt, tt, src).numpy(), eps, atol=1e-10)
-        np.testing.assert_allclose(sched.predict_velocity(pred, xt, tt, src).numpy(), exact["v_prediction"], atol=1e-10)
+        np.testing.assert_allclose(
+            sched.predict_velocity(pred, xt, tt, src).numpy(), exact["v_prediction"], atol=1e-10
+        )
         np.testing.assert_allclose(sched.predict_mean(pred, xt, tt, src).numpy(), exact["mean"], atol=1e-10)
 
 
 @pytest.mark.parametrize("prediction_type", TARGETS)
 def test_get_target_is_the_exact_target(prediction_type):
     sched = DDPMObjectiveScheduler(prediction_type=prediction_type, beta_schedule="squaredcos_cap_v2")
-    ref = np_schedule(sched.betas.double().numpy())
+    ref = np_schedule(sched)
     t = np.array([0, 1, 10, 500, 998, 999])
     x0, eps = make_data(len(t), seed=3)
     exact = np_targets(ref, x0, eps, t)
     target = sched.get_target(T(x0), T(eps), T(t), noisy_samples=T(exact["xt"]))
     np.testing.assert_allclose(target.numpy(), exact[prediction_type], rtol=1e-12, atol=1e-12)
-    # without x_t it is made by diffusers' `add_noise`, whose ᾱ is a float32 cumprod: agreement to float32 level
+    # without x_t it is made by diffusers' `add_noise`, on the same ᾱ table
     target = sched.get_target(T(x0), T(eps), T(t))
-    np.testing.assert_allclose(target.numpy(), exact[prediction_type], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(target.numpy(), exact[prediction_type], rtol=1e-12, atol=1e-12)
     # the default conversion direction is the configured prediction type
     np.testing.assert_allclose(
         sched.convert_prediction(T(exact[prediction_type]), T(exact["xt"]), T(t), to_type="sample").numpy(),
@@ -120,7 +123,7 @@ def test_get_target_is_the_exact_target(prediction_type):
 
 def test_snr_and_log_snr():
     sched = DDPMObjectiveScheduler(beta_schedule="squaredcos_cap_v2")
-    ref = np_schedule(sched.betas.double().numpy())
+    ref = np_schedule(sched)
     t = torch.arange(1000)
     np.testing.assert_allclose(sched.snr(t).numpy(), ref["snr"], rtol=1e-12)
     np.testing.assert_allclose(sched.log_snr(t).numpy(), np.log(ref["snr"]), rtol=1e-12)
@@ -134,7 +137,7 @@ def test_snr_and_log_snr():
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2", "scaled_linear"])
 def test_posterior_quantities_match_improved_diffusion(beta_schedule):
     sched = DDPMObjectiveScheduler(beta_schedule=beta_schedule)
-    ref = np_schedule(sched.betas.double().numpy())
+    ref = np_schedule(sched)
     t = torch.arange(sched.config.num_train_timesteps)
     coef1, coef2 = sched.posterior_mean_coefficients(t)
     assert coef1.dtype == torch.float64
@@ -165,13 +168,12 @@ def _pair(prediction_type="epsilon", variance_type="fixed_small", **kw):
 
 
 def _float64_arithmetic(scheduler):
-    """Make diffusers' `step`/`_get_variance` work in float64 on ᾱ = the float64 cumprod of the betas.
+    """Make diffusers' `step`/`_get_variance` do their arithmetic in float64 on the same ᾱ values.
 
-    diffusers keeps ᾱ as a float32 cumprod (~1e-7 relative from the float64 one the objective tables use) and
-    evaluates ``1 − ᾱ_t/ᾱ_{t−1}`` in float32, which at t ≈ 1 (β ≈ 1e-4) is off by ~1e-3 relative. On one float64
-    ᾱ both schedulers (and the numpy closed forms) agree to round-off.
+    diffusers evaluates ``1 − ᾱ_t/ᾱ_{t−1}`` on its float32 ᾱ table in float32, which at t ≈ 1 (β ≈ 1e-4) is off by
+    ~1e-3 relative; in float64 both schedulers (and the numpy closed forms) agree to round-off.
     """
-    scheduler.alphas_cumprod = torch.cumprod(1.0 - scheduler.betas.double(), dim=0)
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
     scheduler.one = scheduler.one.double()
     return scheduler
 
@@ -189,55 +191,51 @@ def test_add_noise_and_get_velocity_match_diffusers_and_numpy(beta_schedule):
     a, s = bc(np.sqrt(ac), t, 4), bc(np.sqrt(1 - ac), t, 4)
     np.testing.assert_allclose(ours.add_noise(T(x0), T(eps), tt).numpy(), a * x0 + s * eps, rtol=1e-12)
     np.testing.assert_allclose(ours.get_velocity(T(x0), T(eps), tt).numpy(), a * eps - s * x0, rtol=1e-12)
-    # and, to float32 accuracy, on the float64 cumprod of the betas
-    exact = np_targets(np_schedule(ours.betas.double().numpy()), x0, eps, t)
-    np.testing.assert_allclose(ours.add_noise(T(x0), T(eps), tt).numpy(), exact["xt"], rtol=1e-4, atol=1e-5)
+    # the objective's targets are exact for the x_t that `add_noise` makes
+    exact = np_targets(np_schedule(ours), x0, eps, t)
+    np.testing.assert_allclose(ours.add_noise(T(x0), T(eps), tt).numpy(), exact["xt"], rtol=1e-12)
+    for target in TARGETS:
+        s = DDPMObjectiveScheduler(prediction_type=target, beta_schedule=beta_schedule)
+        np.testing.assert_allclose(s.get_target(T(x0), T(eps), tt).numpy(), exact[target], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
 @pytest.mark.parametrize("respaced", [False, True])
 def test_get_variance_matches_diffusers_and_closed_form(variance_type, respaced):
-    ours, theirs = _pair(variance_type=variance_type)
-    if respaced:
-        ours.set_timesteps(50)
-        theirs.set_timesteps(50)
-    ac = ours.alphas_cumprod.double().numpy()
-    v = torch.tensor([[-0.7], [0.2], [0.9]])
-    ts = ours.timesteps.tolist() if respaced else [1, 2, *range(3, 1000, 37), 999]
-    for t in ts:
-        prev = ours.previous_timestep(t)
-        assert int(prev) == int(theirs.previous_timestep(t))
-        ac_prev = ac[int(prev)] if int(prev) >= 0 else 1.0
-        beta = 1 - ac[t] / ac_prev
-        beta_tilde = max(beta * (1 - ac_prev) / (1 - ac[t]), 1e-20)
-        if variance_type == "learned_range":
-            got, want = ours._get_variance(t, predicted_variance=v), theirs._get_variance(t, predicted_variance=v)
-            frac = (v.double().numpy() + 1) / 2
-            closed = frac * np.log(beta) + (1 - frac) * np.log(beta_tilde)
-        else:
-            got, want = ours._get_variance(t), theirs._get_variance(t)
-            closed = beta_tilde if variance_type == "fixed_small" else beta
-        torch.testing.assert_close(got, want)
-        # diffusers works in float32: 1 − ᾱ_t/ᾱ_{t−1} loses ~6e-8 absolute to cancellation
-        tol = 1e-6 if variance_type == "learned_range" else 0.0
-        np.testing.assert_allclose(got.double().numpy(), closed, rtol=1e-5 + 2e-7 / beta, atol=tol)
+    pairs = [_pair(variance_type=variance_type), _pair(variance_type=variance_type)]
+    for ours, theirs in pairs[1:]:
         _float64_arithmetic(ours)
         _float64_arithmetic(theirs)
-        got64 = ours._get_variance(t, predicted_variance=v.double())
-        torch.testing.assert_close(got64, theirs._get_variance(t, predicted_variance=v.double()), rtol=0, atol=0)
-        ac64 = ours.alphas_cumprod.numpy()
-        ac64_prev = ac64[int(prev)] if int(prev) >= 0 else 1.0
-        beta64 = 1 - ac64[t] / ac64_prev
-        closed64 = max(beta64 * (1 - ac64_prev) / (1 - ac64[t]), 1e-20)
-        if variance_type == "learned_range":
-            closed64 = frac * np.log(beta64) + (1 - frac) * np.log(closed64)
-        elif variance_type == "fixed_large":
-            closed64 = beta64
-        np.testing.assert_allclose(got64.numpy(), closed64, rtol=1e-10)
-        ours, theirs = _pair(variance_type=variance_type)
+    for ours, theirs in pairs:
         if respaced:
             ours.set_timesteps(50)
             theirs.set_timesteps(50)
+    ac = pairs[0][0].alphas_cumprod.double().numpy()
+    v = torch.tensor([[-0.7], [0.2], [0.9]])
+    ts = pairs[0][0].timesteps.tolist() if respaced else [1, 2, *range(3, 1000, 37), 999]
+    for t in ts:
+        prev = int(pairs[0][0].previous_timestep(t))
+        assert prev == int(pairs[0][1].previous_timestep(t)) == (t - 1 if not respaced else prev)
+        ac_prev = ac[prev] if prev >= 0 else 1.0
+        beta = 1 - ac[t] / ac_prev
+        beta_tilde = max(beta * (1 - ac_prev) / (1 - ac[t]), 1e-20)
+        frac = (v.double().numpy() + 1) / 2
+        closed = {
+            "fixed_small": beta_tilde,
+            "fixed_large": beta,
+            "learned_range": frac * np.log(beta) + (1 - frac) * np.log(beta_tilde),
+        }[variance_type]
+        for k, (ours, theirs) in enumerate(pairs):
+            pv = v if k == 0 else v.double()
+            got, want = ours._get_variance(t, predicted_variance=pv), theirs._get_variance(t, predicted_variance=pv)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            if k == 0:  # diffusers' float32 1 − ᾱ_t/ᾱ_{t−1} loses ~6e-8 absolute to cancellation
+                tol = 1e-6 if variance_type == "learned_range" else 0.0
+                np.testing.assert_allclose(got.double().numpy(), closed, rtol=1e-5 + 2e-7 / beta, atol=tol)
+            else:
+                np.testing.assert_allclose(got.numpy(), closed, rtol=1e-10)
+        if variance_type == "fixed_small" and not respaced:
+            assert pairs[0][0].posterior_variance(t).item() == pytest.approx(beta_tilde, rel=1e-12)
 
 
 def _toy_model(x: torch.Tensor, t: int, learned: bool) -> torch.Tensor:
@@ -307,7 +305,7 @@ def test_full_trajectory_matches_diffusers():
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
 def test_step_mean_with_exact_posterior_mean(beta_schedule):
     sched = _float64_arithmetic(DDPMObjectiveScheduler(prediction_type="mean", beta_schedule=beta_schedule))
-    ref = np_schedule(sched.betas.double().numpy())
+    ref = np_schedule(sched)
     x0, eps = make_data(3, shape=(1, 4, 4), seed=8)
     for t in [999, 998, 500, 20, 1, 0]:
         tt = np.full(3, t)
@@ -327,7 +325,7 @@ def test_mean_model_samples_the_epsilon_trajectory(num_inference_steps, variance
     """μ̂ = (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t (training grid) sampled with `mean` == ε̂ sampled by diffusers."""
     eps_sched = _float64_arithmetic(DDPMScheduler(prediction_type="epsilon", variance_type=variance_type))
     mean_sched = _float64_arithmetic(DDPMObjectiveScheduler(prediction_type="mean", variance_type=variance_type))
-    ref = np_schedule(eps_sched.betas.double().numpy())
+    ref = np_schedule(eps_sched)
     if num_inference_steps is not None:
         eps_sched.set_timesteps(num_inference_steps)
         mean_sched.set_timesteps(num_inference_steps)
