@@ -16,3 +16,15 @@ if "DDPM_OBJECTIVES_CACHE" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="ddpm-objectives-test-cache-")
     os.environ["DDPM_OBJECTIVES_CACHE"] = _cache_dir
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

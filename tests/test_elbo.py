@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import np_schedule
 from scipy.stats import norm
 
 from ddpm_objectives_hf import (
@@ -21,26 +22,6 @@ from ddpm_objectives_hf import (
 
 TARGETS = ("epsilon", "sample", "v_prediction", "mean")
 BINS = torch.linspace(-1, 1, 256, dtype=torch.float64)
-
-
-def np_schedule(scheduler) -> dict[str, np.ndarray]:
-    """The schedule in numpy/float64 from diffusers' ᾱ table (`scheduler.alphas_cumprod`, the ᾱ_t that `add_noise`
-    and `step` use), with β_t = 1 − ᾱ_t/ᾱ_{t−1}; formulas as improved-diffusion's `GaussianDiffusion.__init__`."""
-    ac = scheduler.alphas_cumprod.double().numpy()
-    ac_prev = np.append(1.0, ac[:-1])
-    alphas = ac / ac_prev
-    betas = 1.0 - alphas
-    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
-    return {
-        "betas": betas,
-        "alphas": alphas,
-        "ac": ac,
-        "a": np.sqrt(ac),
-        "s": np.sqrt(1.0 - ac),
-        "coef1": np.sqrt(ac_prev) * betas / (1.0 - ac),
-        "coef2": np.sqrt(alphas) * (1.0 - ac_prev) / (1.0 - ac),
-        "post_var_clipped": np.append(post_var[1], post_var[1:]),
-    }
 
 
 def reference_bin_probability(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -11,41 +11,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DModel
+from reference import np_schedule
 from scipy.stats import norm
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler, DiffusionLossMixin, ImportanceSampler, diffusion_loss
 
 TARGETS = ("epsilon", "sample", "v_prediction", "mean")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def np_schedule(scheduler) -> dict[str, np.ndarray]:
-    """The schedule in numpy/float64 from diffusers' ᾱ table (`scheduler.alphas_cumprod`, the ᾱ_t that `add_noise`
-    and `step` use), with β_t = 1 − ᾱ_t/ᾱ_{t−1}; formulas as improved-diffusion's `GaussianDiffusion.__init__`."""
-    ac = scheduler.alphas_cumprod.double().numpy()
-    ac_prev = np.append(1.0, ac[:-1])
-    alphas = ac / ac_prev
-    betas = 1.0 - alphas
-    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
-    return {
-        "betas": betas,
-        "ac": ac,
-        "ac_prev": ac_prev,
-        "a": np.sqrt(ac),
-        "s": np.sqrt(1.0 - ac),
-        "snr": ac / (1.0 - ac),
-        "coef1": np.sqrt(ac_prev) * betas / (1.0 - ac),
-        "coef2": np.sqrt(alphas) * (1.0 - ac_prev) / (1.0 - ac),
-        "logvar_clipped": np.log(np.append(post_var[1], post_var[1:])),
-    }
 
 
 def col(values: np.ndarray, t: np.ndarray) -> np.ndarray:

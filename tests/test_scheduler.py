@@ -11,43 +11,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from reference import np_schedule
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
 
 TARGETS = ("epsilon", "sample", "v_prediction", "mean")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# ---------------------------------------------------------------------------------------------- numpy references
-def np_schedule(scheduler) -> dict[str, np.ndarray]:
-    """The schedule in numpy/float64 from diffusers' ᾱ table (`scheduler.alphas_cumprod`, the ᾱ_t that `add_noise`
-    and `step` use), with β_t = 1 − ᾱ_t/ᾱ_{t−1}; formulas as improved-diffusion's `GaussianDiffusion.__init__`."""
-    alphas_cumprod = scheduler.alphas_cumprod.double().numpy()
-    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
-    alphas = alphas_cumprod / alphas_cumprod_prev
-    betas = 1.0 - alphas
-    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-    return {
-        "betas": betas,
-        "alphas": alphas,
-        "alphas_cumprod": alphas_cumprod,
-        "alphas_cumprod_prev": alphas_cumprod_prev,
-        "a": np.sqrt(alphas_cumprod),
-        "s": np.sqrt(1.0 - alphas_cumprod),
-        "snr": alphas_cumprod / (1.0 - alphas_cumprod),
-        "posterior_variance": posterior_variance,
-        "posterior_log_variance_clipped": np.log(np.append(posterior_variance[1], posterior_variance[1:])),
-        "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-        "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
-    }
 
 
 def bc(values: np.ndarray, t: np.ndarray, ndim: int) -> np.ndarray:
@@ -58,7 +26,7 @@ def np_targets(sched: dict, x0: np.ndarray, eps: np.ndarray, t: np.ndarray) -> d
     """x_t and the exact ε, x0, v, μ̃ at t (numpy)."""
     a, s = bc(sched["a"], t, x0.ndim), bc(sched["s"], t, x0.ndim)
     xt = a * x0 + s * eps
-    mu = bc(sched["posterior_mean_coef1"], t, x0.ndim) * x0 + bc(sched["posterior_mean_coef2"], t, x0.ndim) * xt
+    mu = bc(sched["coef1"], t, x0.ndim) * x0 + bc(sched["coef2"], t, x0.ndim) * xt
     return {"xt": xt, "epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0, "mean": mu}
 
 
@@ -141,13 +109,11 @@ def test_posterior_quantities_match_improved_diffusion(beta_schedule):
     t = torch.arange(sched.config.num_train_timesteps)
     coef1, coef2 = sched.posterior_mean_coefficients(t)
     assert coef1.dtype == torch.float64
-    np.testing.assert_allclose(coef1.numpy(), ref["posterior_mean_coef1"], rtol=1e-12)
-    np.testing.assert_allclose(coef2.numpy(), ref["posterior_mean_coef2"], rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(sched.posterior_variance(t).numpy(), ref["posterior_variance"], rtol=1e-12)
+    np.testing.assert_allclose(coef1.numpy(), ref["coef1"], rtol=1e-12)
+    np.testing.assert_allclose(coef2.numpy(), ref["coef2"], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(sched.posterior_variance(t).numpy(), ref["post_var"], rtol=1e-12)
     assert sched.posterior_variance(0).item() == 0.0
-    np.testing.assert_allclose(
-        sched.posterior_log_variance_clipped(t).numpy(), ref["posterior_log_variance_clipped"], rtol=1e-12
-    )
+    np.testing.assert_allclose(sched.posterior_log_variance_clipped(t).numpy(), ref["logvar_clipped"], rtol=1e-12)
     # Ho et al. eq. 7 in its ε form: μ̃ = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t
     tt = np.array([0, 3, 400, 999])
     x0, eps = make_data(len(tt), seed=4)
@@ -313,7 +279,7 @@ def test_step_mean_with_exact_posterior_mean(beta_schedule):
         out = sched.step(T(exact["mean"]), t, T(exact["xt"]), generator=torch.Generator().manual_seed(t))
         np.testing.assert_allclose(out.pred_original_sample.numpy(), x0, rtol=1e-8, atol=1e-8)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64).numpy()
-        sigma = np.sqrt(ref["posterior_variance"][t]) if t > 0 else 0.0
+        sigma = np.sqrt(ref["post_var"][t]) if t > 0 else 0.0
         np.testing.assert_allclose(out.prev_sample.numpy() - sigma * noise, exact["mean"], rtol=1e-9, atol=1e-9)
         if t == 0:
             np.testing.assert_allclose(out.prev_sample.numpy(), x0, atol=1e-8)

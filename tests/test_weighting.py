@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.training_utils import compute_snr
+from reference import np_schedule
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
 from ddpm_objectives_hf.weighting import WEIGHTINGS, register_weighting
@@ -21,31 +22,6 @@ from ddpm_objectives_hf.weighting import WEIGHTINGS, register_weighting
 TARGETS = ("epsilon", "sample", "v_prediction", "mean")
 BUILTIN = ("simple", "vlb", "snr", "truncated_snr", "min_snr", "soft_min_snr", "p2", "edm", "debiased", "sigmoid")
 PARAMS = {"snr_gamma": 3.0, "p2_k": 0.7, "p2_gamma": 0.5, "sigma_data": 0.6, "sigmoid_bias": -2.0}
-
-
-def np_schedule(scheduler) -> dict[str, np.ndarray]:
-    """The schedule in numpy/float64 from diffusers' ᾱ table (`scheduler.alphas_cumprod`, the ᾱ_t that `add_noise`
-    and `step` use), with β_t = 1 − ᾱ_t/ᾱ_{t−1}; formulas as improved-diffusion's `GaussianDiffusion.__init__`."""
-    ac = scheduler.alphas_cumprod.double().numpy()
-    ac_prev = np.append(1.0, ac[:-1])
-    alphas = ac / ac_prev
-    betas = 1.0 - alphas
-    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
-    return {
-        "betas": betas,
-        "alphas": alphas,
-        "ac": ac,
-        "ac_prev": ac_prev,
-        "a": np.sqrt(ac),
-        "s": np.sqrt(1.0 - ac),
-        "snr": ac / (1.0 - ac),
-        "coef1": np.sqrt(ac_prev) * betas / (1.0 - ac),
-        "coef2": np.sqrt(alphas) * (1.0 - ac_prev) / (1.0 - ac),
-        "post_var": post_var,
-        # improved-diffusion: β̃ at t = 1 reused at t = 0; fixed_large uses [β̃_1, β_1, β_2, ...]
-        "var_fixed_small": np.append(post_var[1], post_var[1:]),
-        "var_fixed_large": np.append(post_var[1], betas[1:]),
-    }
 
 
 def c_target(ref: dict, target: str) -> np.ndarray:
