@@ -12,7 +12,6 @@ Writes ``--out`` (default ``docs/study``): ``results.json``, ``bpd.png``, ``fid.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import time
@@ -35,13 +34,6 @@ RUNS: dict[str, list[str]] = {
     "x0-edm": ["--prediction_type", "sample", "--loss_weighting", "edm", "--sigma_data", "0.5"],
 }
 QUICK = ["eps-simple", "eps-kl", "eps-hybrid", "eps-min_snr5"]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"study_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -68,7 +60,8 @@ def main() -> None:
     if unknown:
         parser.error(f"--runs: unknown {unknown}; valid: {', '.join(RUNS)}")
 
-    train, evaluate = load_script("train"), load_script("evaluate")
+    from ddpm_objectives_hf.scripts import evaluate, train
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
