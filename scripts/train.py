@@ -296,7 +296,8 @@ class DataStream:
             if self._iterator is None or position == 0:
                 from accelerate import skip_first_batches
 
-                self.loader.set_epoch(epoch) if hasattr(self.loader, "set_epoch") else None
+                if hasattr(self.loader, "set_epoch"):  # a new shuffle per epoch, reproducible on resume
+                    self.loader.set_epoch(epoch)
                 loader = skip_first_batches(self.loader, position) if position else self.loader
                 self._iterator = iter(loader)
             return next(self._iterator)["pixel_values"]
@@ -377,6 +378,19 @@ def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, se
     return grid.resize((grid.width * scale, grid.height * scale), resample=0) if scale > 1 else grid
 
 
+def _adamw_implementation(device: torch.device) -> dict:
+    """``fused=True`` where torch has a fused AdamW kernel for ``device`` (CPU and CUDA among them: one kernel per
+    parameter instead of a dozen multi-tensor passes, ~3x faster on CPU), else ``foreach=True``. The same AdamW
+    update either way."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        fused = device.type in _get_fused_kernels_supported_devices()
+    except ImportError:  # a torch without the helper
+        fused = device.type in ("cpu", "cuda")
+    return {"fused": True} if fused else {"foreach": True}
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveArguments, run: RunArguments) -> Path:
     from accelerate import Accelerator
@@ -438,7 +452,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         betas=(run.adam_beta1, run.adam_beta2),
         weight_decay=run.adam_weight_decay,
         eps=run.adam_epsilon,
-        foreach=True,
+        **_adamw_implementation(accelerator.device),
     )
     try:
         lr_scheduler = get_scheduler(

@@ -619,3 +619,14 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path: Path):
     history = json.loads((out / "loss_history.json").read_text())
     assert [h["step"] for h in history] == [2, 4, 6]
     load_and_sample(out)
+
+
+def test_streaming_data_path(tmp_path, capsys, monkeypatch):
+    """Data that do not fit in memory stream through an accelerate DataLoader, and resuming continues it."""
+    monkeypatch.setattr("ddpm_objectives_hf.data.fits_in_memory", lambda *a, **k: False)
+    out = tmp_path / "stream"
+    run_ok(tiny_args(out, "--checkpointing_steps", "2", "--random_flip", steps=4), capsys)
+    assert (out / UNET_WEIGHTS).is_file()
+    load_and_sample(out)
+    run_ok(tiny_args(out, "--resume_from_checkpoint", "latest", "--overwrite_output_dir", steps=6), capsys)
+    assert [s for s, _ in _losses(out)] == [2, 4, 6]
