@@ -10,10 +10,11 @@ One step = draw t and ε, ``x_t = add_noise(x0, ε, t)``, ``model(x_t, t)``, the
 Both run on the same UNet (``out_channels`` doubled for ``learned_range``/hybrid; the baseline then regresses only the
 first C channels on ε), interleaved round by round (ABAB…, the order alternating every round) so that drift of a
 shared machine hits both alike. Reported per case: median time per step of each, the median of the per-round ratios
-(candidate / baseline) and, less noisy, the loss alone (forward + backward of the loss on a fixed model output, also
-interleaved) turned into a step ratio: ``1 + (loss_candidate − loss_baseline) / step_baseline``.
+(candidate / baseline) and, much less noisy, the same steps without the UNet (its output replaced by a fixed tensor:
+t, ε, ``add_noise``, the loss and its backward, also interleaved) turned into a step ratio:
+``ratio* = 1 + (loss_candidate − loss_baseline) / step_baseline``.
 
-    python benchmarks/bench_loss_step.py --out results.json
+    python benchmarks/bench_loss_step.py --threads 1 --out results.json   # --threads 1 on a shared CPU
     python benchmarks/bench_loss_step.py --quick               # smoke check: 3 cases, few rounds
     python benchmarks/bench_loss_step.py --device cuda --dtype bfloat16
 """
@@ -75,7 +76,9 @@ def build_unet(args, out_channels: int):
         norm_num_groups=8,
         time_embedding_type="positional",
     )
-    return model.to(device=args.device, dtype=DTYPES[args.dtype]).train()
+    dtype = DTYPES[args.dtype]
+    model = model.to(device=args.device) if dtype == torch.float32 else model.to(device=args.device, dtype=dtype)
+    return model.train()
 
 
 def _sync(device: torch.device) -> None:
@@ -108,22 +111,27 @@ def make_steps(model, x0, scheduler, baseline_scheduler, channels: int):
     return baseline_step, candidate_step
 
 
-def make_loss_only(x0, scheduler, out_channels: int, channels: int):
-    """The loss alone on a fixed model output (forward + backward), for baseline and candidate."""
+def make_loss_only(x0, scheduler, baseline_scheduler, out_channels: int, channels: int):
+    """The steps without the UNet: the "model" returns a fixed output (a leaf with ``requires_grad``), so what is
+    timed is drawing t and ε, ``add_noise``, the loss and its backward, for baseline and candidate."""
+    from ddpm_objectives_hf import diffusion_loss
+
     n = x0.shape[0]
-    T = scheduler.config.num_train_timesteps
-    t = torch.randint(0, T, (n,), device=x0.device)
-    noise = torch.randn_like(x0)
-    xt = scheduler.add_noise(x0, noise, t)
+    T = baseline_scheduler.config.num_train_timesteps
     output = torch.randn((n, out_channels, *x0.shape[2:]), device=x0.device, dtype=x0.dtype, requires_grad=True)
 
+    def fixed_model(xt, t):
+        return output
+
     def baseline_loss():
-        F.mse_loss(output[:, :channels].float(), noise.float()).backward()
+        t = torch.randint(0, T, (n,), device=x0.device)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype)
+        xt = baseline_scheduler.add_noise(x0, noise, t)
+        F.mse_loss(fixed_model(xt, t)[:, :channels].float(), noise.float()).backward()
         output.grad = None
 
     def candidate_loss():
-        loss, _ = scheduler.training_loss(output, x0, noise, t, noisy_images=xt)
-        loss.mean().backward()
+        diffusion_loss(fixed_model, x0, scheduler).loss.backward()
         output.grad = None
 
     return baseline_loss, candidate_loss
@@ -165,7 +173,7 @@ def run_case(case: dict, args, models: dict, x0: torch.Tensor) -> dict:
     tb, tc = interleave(base_step, cand_step, args.rounds, args.steps_per_round, x0.device)
     ratios = [c / b for b, c in zip(tb, tc)]
 
-    base_loss, cand_loss = make_loss_only(x0, scheduler, out_channels, args.channels)
+    base_loss, cand_loss = make_loss_only(x0, scheduler, baseline_scheduler, out_channels, args.channels)
     for _ in range(3):
         base_loss(), cand_loss()
     lb, lc = interleave(base_loss, cand_loss, args.loss_rounds, args.loss_reps, x0.device)
@@ -218,7 +226,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each per case")
     p.add_argument("--loss_rounds", type=int, default=30, help="interleaved rounds of the loss-only timing")
     p.add_argument("--loss_reps", type=int, default=10)
-    p.add_argument("--cases", nargs="*", default=None, help="subset as loss_type/target/weighting, e.g. kl/mean/simple")
+    p.add_argument(
+        "--cases", nargs="*", default=None, help="subset as loss_type/target/weighting, e.g. kl/mean/simple"
+    )
     p.add_argument("--quick", action="store_true", help="3 cases, 4 rounds: a smoke check")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")

@@ -377,7 +377,10 @@ class DDPMObjectiveScheduler(DDPMScheduler):
                     f"variance_type='learned_range' needs a model with out_channels = 2 * {channels} = {2 * channels} "
                     f"(prediction + variance), got {model_output.shape[1]} channels"
                 )
-            return model_output[:, :channels], model_output[:, channels:]
+            # one `split` (not two slices): when both parts get gradients, autograd joins them in one node instead
+            # of zero-filling a full-size gradient per slice and adding the two
+            prediction, variance_values = model_output.split(channels, dim=1)
+            return prediction, variance_values
         if model_output.shape[1] != channels:
             raise ValueError(
                 f"variance_type={self.config.variance_type!r} needs a model with out_channels = {channels}, got "
@@ -403,6 +406,20 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         ``detach_mean`` stops the gradient through the mean (the hybrid loss trains only the variance with it).
         """
         prediction, variance_values = self.split_model_output(model_output, noisy_samples)
+        return self._vlb_terms(
+            prediction,
+            variance_values,
+            original_samples,
+            noisy_samples,
+            timesteps,
+            clip_denoised=clip_denoised,
+            detach_mean=detach_mean,
+        )
+
+    def _vlb_terms(
+        self, prediction, variance_values, original_samples, noisy_samples, timesteps, *, clip_denoised, detach_mean
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`vlb_terms` on a model output already split into prediction and variance channels."""
         if detach_mean:
             prediction = prediction.detach()
         x0, xt = original_samples, noisy_samples
@@ -487,17 +504,25 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         xt = noisy_images if noisy_images is not None else self.add_noise(x0, noise, timesteps)
         T = self.config.num_train_timesteps
         loss_type = self.config.loss_type
-        prediction, _ = self.split_model_output(model_output, x0)
+        # split the (upcast) output once: the mse and the VLB share the split, so its backward is one node
+        prediction, variance_values = self.split_model_output(_upcast(model_output), x0)
         terms: dict[str, torch.Tensor] = {}
         if loss_type in ("mse", "hybrid"):
             target = self.get_target(x0, noise, timesteps, noisy_samples=xt)
+            # the weight in the loss's (upcast) dtype: a bf16 weight table would carry 3 significant digits
             weight = self._table("weight_" + self.config.prediction_type, timesteps, prediction).flatten()
-            terms["mse"] = mean_flat((_upcast(prediction) - _upcast(target)) ** 2)
+            terms["mse"] = mean_flat((prediction - _upcast(target)) ** 2)
             terms["weight"] = weight
             loss = weight * terms["mse"]
         if loss_type in ("kl", "hybrid"):
-            vb = self.vlb_terms(
-                _upcast(model_output), _upcast(x0), _upcast(xt), timesteps, detach_mean=loss_type == "hybrid"
+            vb = self._vlb_terms(
+                prediction,
+                variance_values,
+                _upcast(x0),
+                _upcast(xt),
+                timesteps,
+                clip_denoised=False,
+                detach_mean=loss_type == "hybrid",
             )
             terms["vb"] = vb["vb"]
             if loss_type == "kl":

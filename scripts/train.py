@@ -333,19 +333,6 @@ class TrainState:
         self.history = [{"step": int(s), "loss": v, "images_per_s": r} for s, v, r in state["history"].tolist()]
 
 
-class StateAdapter:
-    """Give an object with state_dict/load_state_dict to ``accelerator.register_for_checkpointing``."""
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def state_dict(self):
-        return self.obj.state_dict()
-
-    def load_state_dict(self, state):
-        self.obj.load_state_dict(state)
-
-
 def check_output_dir(run: RunArguments) -> None:
     """Refuse to write into a non-empty folder of another run (nothing of the user's is overwritten)."""
     out = Path(run.output_dir)
@@ -477,7 +464,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         logit_std=obj.logit_std,
     )
     state = TrainState(stream)
-    for obj_to_save in ([ema] if ema is not None else []) + [StateAdapter(sampler), state]:
+    for obj_to_save in ([ema] if ema is not None else []) + [sampler, state]:
         accelerator.register_for_checkpointing(obj_to_save)
 
     # 3. Resume
