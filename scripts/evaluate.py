@@ -33,6 +33,9 @@ class EvalArguments:
     image_column: str | None = None
     split: str = field(default="test", metadata={"help": "Split of the data set (digits: train or test)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
+    max_bpd_samples: int | None = field(
+        default=None, metadata={"help": "Bits/dim on the first N of those only (FID still uses all)."}
+    )
     batch_size: int = 256
     full_bpd: bool = field(default=True, metadata={"help": "Compute the full VLB over all T steps (N × T calls)."})
     num_bpd_timesteps: int = field(default=25, metadata={"help": "K network calls per image for the fast estimate."})
@@ -124,6 +127,8 @@ def evaluate(args: EvalArguments) -> dict:
         "num_train_timesteps": T,
     }
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    all_images, images = images, images[: args.max_bpd_samples or len(images)]
+    report["data"]["num_bpd_images"] = images.shape[0]
 
     # 1. bits/dim: the full bound (calc_bpd_loop), then the fast estimator
     if args.full_bpd:
@@ -223,7 +228,7 @@ def evaluate(args: EvalArguments) -> dict:
         from ddpm_objectives_hf.fid import compute_fid, make_fid_metric
 
         metric, info = make_fid_metric(args.fid_features, device=device)
-        real01 = (images.float() + 1) / 2
+        real01 = (all_images.float() + 1) / 2
         report["fid"] = {"fid": compute_fid(real01, samples01.to(device), metric=metric), **info}
         if info.get("feature") == "digits" and channels == 1:
             from ddpm_objectives_hf.features import classifier_view, load_digits_classifier
