@@ -615,6 +615,7 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
     curves = {f"{obj.loss_weighting} ({scheduler.config.loss_type})": scheduler.effective_weight(t).numpy()}
     if obj.loss_weighting != "simple":
         curves["simple (L_simple)"] = torch.ones(len(t)).numpy()
+    curves["vlb (the ELBO's λ_t)"] = scheduler.vlb_weight(t).numpy()
     plot_weighting(t.numpy(), curves, output_dir / "weighting.png")
     if state.history:
         plot_loss_curve(
