@@ -193,7 +193,8 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             "v_prediction": w_x0 / (1.0 + snr),
             "mean": w_x0 / coef1**2,
         }
-        self._vlb_weight_eps = schedule["coef1_sq"] / (2 * schedule["model_variance"] * snr_eval)
+        vlb_eps = schedule["coef1_sq"] / (2 * schedule["model_variance"] * snr_eval)
+        self._vlb_weight_eps = torch.where(snr > 0, vlb_eps, torch.full_like(vlb_eps, math.inf))
         bad = [k for k, v in self._weights.items() if k != "epsilon_units" and not torch.isfinite(v).all()]
         if bad or not torch.isfinite(w_eps[snr > 0]).all():
             raise ValueError(
@@ -357,7 +358,8 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         return self._lookup(self._weights["epsilon_units" if units is None else units], timesteps)
 
     def vlb_weight(self, timesteps: torch.Tensor | int) -> torch.Tensor:
-        """The ELBO's λ_t in ε-units for the model's fixed variance: ``L_{t−1} = λ_t · mean‖ε − ε̂‖²`` (nats/dim)."""
+        """The ELBO's λ_t in ε-units for the model's fixed variance: ``L_{t−1} = λ_t · mean‖ε − ε̂‖²`` (nats/dim);
+        ``inf`` where SNR = 0 (ε carries no x0 information there)."""
         return self._lookup(self._vlb_weight_eps, timesteps)
 
     def effective_weight(self, timesteps: torch.Tensor | int) -> torch.Tensor:

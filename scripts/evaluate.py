@@ -179,8 +179,9 @@ def evaluate(args: EvalArguments) -> dict:
             "prior_L_T": report["bpd_full"]["prior_bpd"],
             "decoder_L_0": report["bpd_full"]["decoder_bpd"],
             "terms_L_t_minus_1": terms_mean.tolist(),
-            "effective_weight_eps_units": scheduler.effective_weight(t).tolist(),
-            "vlb_weight_eps_units": scheduler.vlb_weight(t).tolist(),
+            # ε-units weights are infinite where SNR = 0 (zero terminal SNR): null in the JSON
+            "effective_weight_eps_units": _finite_or_none(scheduler.effective_weight(t)),
+            "vlb_weight_eps_units": _finite_or_none(scheduler.vlb_weight(t)),
         }
         (out_dir / "elbo_decomposition.json").write_text(json.dumps(decomposition) + "\n")
         plot_elbo_terms(
@@ -238,6 +239,10 @@ def evaluate(args: EvalArguments) -> dict:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     logger.info("wrote %s", out_dir / "report.json")
     return report
+
+
+def _finite_or_none(values: torch.Tensor) -> list:
+    return [v if math.isfinite(v) else None for v in values.tolist()]
 
 
 def main(argv: list[str] | None = None) -> int:

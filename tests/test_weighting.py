@@ -364,3 +364,12 @@ def test_non_finite_weighting_raises():
             DDPMObjectiveScheduler(loss_weighting="test_nan")
     finally:
         WEIGHTINGS.pop("test_nan", None)
+
+
+def test_vlb_weight_is_infinite_only_at_zero_snr():
+    scheduler = DDPMObjectiveScheduler(rescale_betas_zero_snr=True)
+    lam = scheduler.vlb_weight(torch.arange(1000))
+    assert torch.isinf(lam[-1]) and torch.isfinite(lam[:-1]).all()
+    ref = np_schedule(scheduler)
+    expected = ref["betas"][1:-1] ** 2 / (2 * ref["var_fixed_small"][1:-1] * ref["alphas"][1:-1] * (1 - ref["ac"][1:-1]))
+    np.testing.assert_allclose(lam[1:-1].numpy(), expected, rtol=1e-9)
