@@ -87,6 +87,7 @@ def estimate_bpd(
     *,
     num_timesteps: int = 25,
     proposal: torch.Tensor | None = None,
+    exact_draws: int = 1,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -100,6 +101,8 @@ def estimate_bpd(
         num_timesteps (`int`, defaults to 25): K: the decoder L_0 plus K − 1 sampled timesteps (2 ≤ K ≤ T).
         proposal (`torch.Tensor`, *optional*): q over the T timesteps (from :func:`learn_proposal`); uniform
             over 1 … T − 1 when `None` (plain stratified sampling).
+        exact_draws (`int`, defaults to 1): noise draws averaged in strata of a single timestep (the decoder and the
+            heavy small-t terms, where t is exact and the noise draw is all the variance left).
         batch_size (`int`, defaults to 256): images per network call.
         generator (`torch.Generator`, *optional*): for t and ε.
 
@@ -110,6 +113,8 @@ def estimate_bpd(
     T = scheduler.config.num_train_timesteps
     if not 2 <= num_timesteps <= T:
         raise ValueError(f"--num_bpd_timesteps must be between 2 and T = {T}, got {num_timesteps}")
+    if exact_draws < 1:
+        raise ValueError(f"--bpd_exact_draws must be >= 1, got {exact_draws}")
     if proposal is None:
         proposal = torch.cat([torch.zeros(1), torch.full((T - 1,), 1.0 / (T - 1))]).double()
     proposal = proposal.double().cpu()
@@ -117,25 +122,25 @@ def estimate_bpd(
     n = images.shape[0]
     estimate = torch.zeros(n, dtype=torch.float64)
     steps = [torch.zeros(1, dtype=torch.long)] + strata  # stratum 0 is the decoder alone, evaluated exactly
+    calls = 0
     for start in tqdm(range(0, n, batch_size), desc="fast bits/dim", disable=not progress):
         x0 = images[start : start + batch_size]
         m = x0.shape[0]
         total = scheduler.prior_bpd(x0).double().cpu()
         for stratum in steps:
-            q = proposal[stratum]
-            mass = q.sum()
-            pick = (
-                torch.multinomial(q / mass, m, replacement=True, generator=_cpu(generator))
-                if len(stratum) > 1
-                else torch.zeros(m, dtype=torch.long)
-            )
-            t = stratum[pick]
-            scale = (mass / q[pick]) if len(stratum) > 1 or stratum[0] != 0 else torch.ones(m, dtype=torch.float64)
-            noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            if len(stratum) == 1:  # t is exact here: only the noise draw varies, so average `exact_draws` of them
+                t, scale, draws = stratum.expand(m), torch.ones(m, dtype=torch.float64), exact_draws
+            else:  # one t per image, ∝ q inside the stratum, weighted Q_k / q_t
+                q = proposal[stratum]
+                pick = torch.multinomial(q / q.sum(), m, replacement=True, generator=_cpu(generator))
+                t, scale, draws = stratum[pick], q.sum() / q[pick], 1
             t_dev = t.to(x0.device)
-            xt = scheduler.add_noise(x0, noise, t_dev)
-            vb = scheduler.vlb_terms(call_model(model, xt, t_dev), x0, xt, t_dev)["vb"].double().cpu()
-            total += vb * scale
+            for _ in range(draws):
+                noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                xt = scheduler.add_noise(x0, noise, t_dev)
+                vb = scheduler.vlb_terms(call_model(model, xt, t_dev), x0, xt, t_dev)["vb"].double().cpu()
+                total += vb * scale / draws
+            calls += draws
         estimate[start : start + m] = total
     mean = float(estimate.mean())
     stderr = float(estimate.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
@@ -144,7 +149,7 @@ def estimate_bpd(
         "bpd": mean,
         "stderr": stderr,
         "ci95": (mean - 1.96 * stderr, mean + 1.96 * stderr),
-        "evaluations_per_image": len(steps),
+        "evaluations_per_image": calls // math.ceil(n / batch_size),
         "num_strata": len(strata),
     }
 

@@ -39,6 +39,9 @@ class EvalArguments:
     batch_size: int = 256
     full_bpd: bool = field(default=True, metadata={"help": "Compute the full VLB over all T steps (N × T calls)."})
     num_bpd_timesteps: int = field(default=25, metadata={"help": "K network calls per image for the fast estimate."})
+    bpd_exact_draws: int = field(
+        default=1, metadata={"help": "Noise draws averaged for the exact small-t terms of the fast estimate."}
+    )
     pilot_images: int = field(default=8, metadata={"help": "Images used to learn the fast estimator's proposal."})
     pilot_grid: int = field(default=64, metadata={"help": "Timesteps of the pilot grid."})
     num_samples: int = field(default=360, metadata={"help": "Generated images for FID and the classifier's view."})

@@ -182,3 +182,17 @@ def test_missing_feature_network_offline(tiny_pipeline, tmp_path, capsys, monkey
     monkeypatch.setenv("DDPM_OBJECTIVES_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
     assert run_eval(tiny_pipeline, tmp_path, "--fid_features", "inception", "--no_full_bpd") == 2
     assert "--fid_features" in capsys.readouterr().err
+
+
+def test_exact_draws_stay_unbiased_and_cost_what_they_say(oracle_setup):
+    scheduler, x0, model = oracle_setup
+    images = x0.repeat(1000, 1, 1, 1).double()
+    g = torch.Generator().manual_seed(3)
+    proposal, _ = learn_proposal(model, scheduler, x0.double(), grid_size=16, generator=g)
+    est = estimate_bpd(model, scheduler, images, num_timesteps=8, proposal=proposal, exact_draws=3, generator=g,
+                       progress=False)  # fmt: skip
+    single = sum(len(s) == 1 for s in make_strata(proposal.double(), 7)) + 1  # + the decoder
+    assert est["evaluations_per_image"] == est["num_strata"] + 1 + 2 * single
+    assert abs(est["bpd"] - closed_form_bound(x0)) < 4 * est["stderr"]
+    with pytest.raises(ValueError, match="bpd_exact_draws"):
+        estimate_bpd(model, scheduler, images, num_timesteps=8, exact_draws=0, progress=False)
