@@ -17,6 +17,7 @@ import statistics
 
 import torch
 
+from ddpm_objectives_hf import variational_bound
 from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
 from ddpm_objectives_hf.data import InMemoryImageData, digits_dataset
 from ddpm_objectives_hf.pipeline_io import load_for_evaluation
