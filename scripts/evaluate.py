@@ -40,7 +40,7 @@ class EvalArguments:
     full_bpd: bool = field(default=True, metadata={"help": "Compute the full VLB over all T steps (N × T calls)."})
     num_bpd_timesteps: int = field(default=25, metadata={"help": "K network calls per image for the fast estimate."})
     bpd_exact_draws: int = field(
-        default=1, metadata={"help": "Noise draws averaged for the exact small-t terms of the fast estimate."}
+        default=4, metadata={"help": "Noise draws averaged for the exact small-t terms of the fast estimate."}
     )
     pilot_images: int = field(default=8, metadata={"help": "Images used to learn the fast estimator's proposal."})
     pilot_grid: int = field(default=64, metadata={"help": "Timesteps of the pilot grid."})
@@ -156,6 +156,7 @@ def evaluate(args: EvalArguments) -> dict:
         images,
         num_timesteps=args.num_bpd_timesteps,
         proposal=proposal,
+        exact_draws=args.bpd_exact_draws,
         batch_size=args.batch_size,
         generator=generator,
     )
@@ -164,7 +165,8 @@ def evaluate(args: EvalArguments) -> dict:
         "bpd": fast["bpd"],
         "stderr": fast["stderr"],
         "ci95": list(fast["ci95"]),
-        "timesteps_per_image": fast["evaluations_per_image"],
+        "network_calls_per_image": fast["evaluations_per_image"],
+        "exact_draws": args.bpd_exact_draws,
         "pilot_evaluations": pilot_evals,
         "network_evaluations": evaluations,
         "seconds": time.perf_counter() - start,

@@ -143,7 +143,8 @@ def test_report_on_tiny_pipeline(tiny_pipeline, tmp_path):
     full, fast = report["bpd_full"], report["bpd_fast"]
     assert full["network_evaluations"] == 16 * 20 and math.isfinite(full["bpd"]) and full["bpd"] > 0
     assert full["bpd"] == pytest.approx(full["prior_bpd"] + full["decoder_bpd"] + full["kl_sum_bpd"], rel=1e-6)
-    assert fast["timesteps_per_image"] <= 5 and fast["ci95"][0] <= fast["bpd"] <= fast["ci95"][1]
+    assert fast["network_evaluations"] == fast["network_calls_per_image"] * 16 + fast["pilot_evaluations"]
+    assert 5 <= fast["network_calls_per_image"] <= 5 * 4 and fast["ci95"][0] <= fast["bpd"] <= fast["ci95"][1]
     assert report["sampling"]["num_inference_steps"] == 4 and report["sampling"]["num_samples"] == 16
     assert report["fid"]["feature"] == "digits" and report["fid"]["fid"] > 0
     assert sum(report["classifier_view"]["class_histogram"]) == 16

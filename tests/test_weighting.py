@@ -371,5 +371,7 @@ def test_vlb_weight_is_infinite_only_at_zero_snr():
     lam = scheduler.vlb_weight(torch.arange(1000))
     assert torch.isinf(lam[-1]) and torch.isfinite(lam[:-1]).all()
     ref = np_schedule(scheduler)
-    expected = ref["betas"][1:-1] ** 2 / (2 * ref["var_fixed_small"][1:-1] * ref["alphas"][1:-1] * (1 - ref["ac"][1:-1]))
+    expected = ref["betas"][1:-1] ** 2 / (
+        2 * ref["var_fixed_small"][1:-1] * ref["alphas"][1:-1] * (1 - ref["ac"][1:-1])
+    )
     np.testing.assert_allclose(lam[1:-1].numpy(), expected, rtol=1e-9)
