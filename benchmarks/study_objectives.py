@@ -222,6 +222,10 @@ def write_page(results: dict, out: Path, args) -> None:
         "",
         "![bits/dim](study/bpd.png) ![FID](study/fid.png)",
         "",
+        "images/s is the median of the throughput logged during training; on a shared machine it also reflects "
+        "whatever else ran at the time, so compare objectives' cost with `benchmarks/bench_loss_step.py` instead "
+        "(loss overhead ≤ 1.006× for every objective). ± is 1.96 standard errors over images.",
+        "",
         "## Against the published orderings (computed from the table)",
         "",
         *checks,
