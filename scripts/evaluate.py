@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from ddpm_objectives_hf.errors import UsageError
+
 logger = logging.getLogger("ddpm_objectives_hf.evaluate")
 
 
@@ -49,10 +51,6 @@ class EvalArguments:
     fid_features: Literal["auto", "digits", "inception", "none"] = "auto"
     seed: int = 0
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-class UsageError(ValueError):
-    """Bad input: one line naming the option."""
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:

@@ -22,6 +22,8 @@ from typing import Literal
 
 import torch
 
+from ddpm_objectives_hf.errors import UsageError
+
 logger = logging.getLogger("ddpm_objectives_hf.train")
 
 
@@ -134,10 +136,6 @@ class RunArguments:
     hub_endpoint: str | None = field(
         default=None, metadata={"help": "Hub URL (default: HF_ENDPOINT or huggingface.co)."}
     )
-
-
-class UsageError(ValueError):
-    """Bad input: reported as one line naming the flag, with a non-zero exit."""
 
 
 def parse_args(argv: list[str] | None = None):
