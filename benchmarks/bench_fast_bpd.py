@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fast bits/dim estimator vs the full variational bound on a trained pipeline.
 
-    python benchmarks/bench_fast_bpd.py MODEL_DIR [--images 360] [--configs 10x1 25x1 45x1 25x4] [--repeats 5]
+    python -m benchmarks.bench_fast_bpd MODEL_DIR [--images 360] [--configs 10x1 25x1 45x1 25x4] [--repeats 5]
 
 Computes the full bound (N × T network calls) once, then the fast estimator ``--repeats`` times for each K, and
 prints |fast − full|, the spread of the fast estimate over repeats, how often its 95% interval covers the full
@@ -19,8 +19,8 @@ import torch
 
 from ddpm_objectives_hf import variational_bound
 from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
-from ddpm_objectives_hf.data import InMemoryImageData, digits_dataset
-from ddpm_objectives_hf.pipeline_io import load_for_evaluation
+from ddpm_objectives_hf.training.data import InMemoryImageData, digits_dataset
+from ddpm_objectives_hf.training.pipelines import load_for_evaluation
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ shared machine hits both alike. Reported per case: median time per step of each,
 t, ε, ``add_noise``, the loss and its backward, also interleaved) turned into a step ratio:
 ``ratio* = 1 + (loss_candidate − loss_baseline) / step_baseline``.
 
-    python benchmarks/bench_loss_step.py --threads 1 --out results.json   # --threads 1 on a shared CPU
-    python benchmarks/bench_loss_step.py --quick               # smoke check: 3 cases, few rounds
-    python benchmarks/bench_loss_step.py --device cuda --dtype bfloat16
+    python -m benchmarks.bench_loss_step --threads 1 --out results.json   # --threads 1 on a shared CPU
+    python -m benchmarks.bench_loss_step --quick               # smoke check: 3 cases, few rounds
+    python -m benchmarks.bench_loss_step --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = ("epsilon", "sample", "v_prediction", "mean")
 MSE_WEIGHTINGS = ("simple", "min_snr", "p2", "vlb", "edm", "truncated_snr")

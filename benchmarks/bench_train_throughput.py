@@ -23,8 +23,8 @@ UNet's forward + backward alone (no data, optimizer, clipping or EMA): the most 
 On a shared CPU pass ``--threads 1``: with several OpenMP threads every parallel region waits for a descheduled
 thread whenever another process holds a core, and the timings become meaningless.
 
-    python benchmarks/bench_train_throughput.py --out throughput.json
-    python benchmarks/bench_train_throughput.py --quick
+    python -m benchmarks.bench_train_throughput --out throughput.json
+    python -m benchmarks.bench_train_throughput --quick
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # train_unconditional.py's defaults, used by both loops
 HYPER = {
@@ -111,7 +110,7 @@ def run_baseline(args, seed: int) -> dict:
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from ddpm_objectives_hf.data import digits_dataset
+    from ddpm_objectives_hf.training.data import digits_dataset
     from scripts.train import ModelArguments, build_unet
 
     out = tempfile.mkdtemp(prefix="bench-baseline-")

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Study: train on digits with each objective (equal steps and seed), evaluate bits/dim, FID and speed.
 
-    python benchmarks/study_objectives.py                   # CPU, bounded (~45 min on 2 cores)
-    python benchmarks/study_objectives.py --quick           # smoke run (minutes)
-    python benchmarks/study_objectives.py --long            # more steps and samples, for a GPU
+    python -m benchmarks.study_objectives                   # CPU, bounded (~45 min on 2 cores)
+    python -m benchmarks.study_objectives --quick           # smoke run (minutes)
+    python -m benchmarks.study_objectives --long            # more steps and samples, for a GPU
 
 Writes ``--out`` (default ``docs/study``): ``results.json``, ``bpd.png``, ``fid.png``, ``loss_curves.png`` and
 ``docs/study.md`` with the table and the comparison with the published orderings, all computed from this run.
@@ -59,7 +59,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--runs: unknown {unknown}; valid: {', '.join(RUNS)}")
 
-    from ddpm_objectives_hf.scripts import evaluate, train
+    from scripts import evaluate, train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ def _cmp(results: dict, a: str, b: str, key: str, lower_is_better: bool = True) 
 
 
 def write_page(results: dict, out: Path, args) -> None:
-    from ddpm_objectives_hf.plots import plot_bar, plot_loss_curve
+    from ddpm_objectives_hf.training.plots import plot_bar, plot_loss_curve
 
     names = list(results)
     plot_bar(

@@ -20,9 +20,29 @@ from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, no
 from .weighting import WEIGHTING_PARAMETERS, WeightingFn, evaluate_weighting, weighting_name
 
 PredictionType = Literal["epsilon", "sample", "v_prediction", "mean"]
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "mean")
-LOSS_TYPES = ("mse", "kl", "hybrid")
-VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+
+# Each choice with its one-sentence description and formula (the model card and `--help` are built from these).
+PREDICTION_TYPES: dict[str, str] = {
+    "epsilon": "The network predicts the noise ε of x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε "
+    "([Ho et al. 2020](https://arxiv.org/abs/2006.11239)).",
+    "sample": "The network predicts the clean sample x0.",
+    "v_prediction": "The network predicts the velocity v = √ᾱ_t ε − √(1−ᾱ_t) x0 "
+    "([Salimans & Ho 2022](https://arxiv.org/abs/2202.00512)).",
+    "mean": "The network predicts the posterior mean μ̃_t(x_t, x0) = coef1 · x0 + coef2 · x_t of q(x_{t−1} | x_t, x0).",
+}
+LOSS_TYPES: dict[str, str] = {
+    "mse": "The weighted regression loss w(t) · ‖ε − ε̂‖², in ε-units for every target.",
+    "kl": "The true variational bound term T · L_t in bits/dim: KL(q(x_{t−1} | x_t, x0) ‖ p_θ(x_{t−1} | x_t)) for t > 0, "
+    "the discretized Gaussian decoder NLL −log p_θ(x0 | x_1) at t = 0.",
+    "hybrid": "L_simple + λ · T · L_t with the mean detached in L_t, which trains the learned variance "
+    "([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)).",
+}
+VARIANCE_TYPES: dict[str, str] = {
+    "fixed_small": "A fixed reverse variance σ_t² = β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t), the posterior variance.",
+    "fixed_large": "A fixed reverse variance σ_t² = β_t.",
+    "learned_range": "A learned reverse variance log σ_t² = f log β_t + (1 − f) log β̃_t, f = (v + 1)/2 from extra "
+    "output channels ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)).",
+}
 
 # SNR substituted for 0 (zero terminal SNR) when a weighting is turned into x0-units: w(δ)·δ is the limit SNR → 0.
 _SNR_FLOOR = 1e-300

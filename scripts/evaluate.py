@@ -20,7 +20,8 @@ from typing import Literal
 
 import torch
 
-from ddpm_objectives_hf.errors import UsageError
+from ddpm_objectives_hf.cli import error_line
+from ddpm_objectives_hf.errors import ConfigError, DDPMObjectivesError
 
 logger = logging.getLogger("ddpm_objectives_hf.evaluate")
 
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> EvalArguments:
 
 def load_images(args: EvalArguments, channels: int, resolution: int) -> torch.Tensor:
     """The evaluation images as float [N, C, R, R] in [−1, 1]."""
-    from ddpm_objectives_hf.data import InMemoryImageData, infer_channels, load_image_dataset
+    from ddpm_objectives_hf.training.data import InMemoryImageData, infer_channels, load_image_dataset
 
     dataset, column = load_image_dataset(
         dataset_name=args.dataset_name,
@@ -82,12 +83,12 @@ def load_images(args: EvalArguments, channels: int, resolution: int) -> torch.Te
         dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))
     data_channels = infer_channels(dataset, column)
     if data_channels != channels:
-        raise UsageError(
+        raise ConfigError(
             f"the model takes {channels}-channel images but the data (--dataset_name/--train_data_dir) have "
             f"{data_channels} channels"
         )
     if len(dataset) < 2:
-        raise UsageError(f"the evaluation data have {len(dataset)} image(s); at least 2 are needed")
+        raise ConfigError(f"the evaluation data have {len(dataset)} image(s); at least 2 are needed")
     data = InMemoryImageData.from_dataset(dataset, column, resolution, channels)
     return data.batch(torch.arange(len(data)))
 
@@ -97,20 +98,20 @@ def evaluate(args: EvalArguments) -> dict:
     from diffusers.utils import make_image_grid
 
     from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
-    from ddpm_objectives_hf.pipeline_io import load_for_evaluation, sampling_scheduler
-    from ddpm_objectives_hf.plots import plot_elbo_terms
+    from ddpm_objectives_hf.training.pipelines import load_for_evaluation, sampling_scheduler
+    from ddpm_objectives_hf.training.plots import plot_elbo_terms
 
     device = torch.device(args.device)
     out_dir = Path(args.output_dir or Path(args.model_dir) / "eval")
     unet, scheduler, objective = load_for_evaluation(args.model_dir, device)
     T = scheduler.config.num_train_timesteps
     if not 2 <= args.num_bpd_timesteps <= T:
-        raise UsageError(f"--num_bpd_timesteps must be between 2 and T = {T}, got {args.num_bpd_timesteps}")
+        raise ConfigError(f"--num_bpd_timesteps must be between 2 and T = {T}, got {args.num_bpd_timesteps}")
     resolution = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
     channels = unet.config.in_channels
     expected_out = 2 * channels if scheduler.config.variance_type == "learned_range" else channels
     if unet.config.out_channels != expected_out:
-        raise UsageError(
+        raise ConfigError(
             f"MODEL_DIR: the UNet has {unet.config.out_channels} output channels but variance_type="
             f"{scheduler.config.variance_type!r} needs {expected_out}"
         )
@@ -229,13 +230,13 @@ def evaluate(args: EvalArguments) -> dict:
 
     # 4. FID (pluggable features) and the digits classifier's view of the samples
     if args.fid_features != "none":
-        from ddpm_objectives_hf.fid import compute_fid, make_fid_metric
+        from ddpm_objectives_hf.evaluation.fid import compute_fid, make_fid_metric
 
         metric, info = make_fid_metric(args.fid_features, device=device)
         real01 = (all_images.float() + 1) / 2
         report["fid"] = {"fid": compute_fid(real01, samples01.to(device), metric=metric), **info}
         if info.get("feature") == "digits" and channels == 1:
-            from ddpm_objectives_hf.features import classifier_view, load_digits_classifier
+            from ddpm_objectives_hf.evaluation.features import classifier_view, load_digits_classifier
 
             classifier, _ = load_digits_classifier(device=device)
             report["classifier_view"] = classifier_view(classifier, samples01.to(device))
@@ -249,16 +250,12 @@ def _finite_or_none(values: torch.Tensor) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_objectives_hf.data import DataError
-    from ddpm_objectives_hf.fid import FeatureNetworkError
-    from ddpm_objectives_hf.pipeline_io import PipelineError
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     try:
         args = parse_args(argv)
         report = evaluate(args)
-    except (UsageError, DataError, PipelineError, FeatureNetworkError) as err:
-        print(f"evaluate.py: error: {err}", file=sys.stderr)
+    except DDPMObjectivesError as err:
+        print(f"evaluate.py: error: {error_line(err)}", file=sys.stderr)
         return 2
     summary = {k: report[k] for k in ("bpd_full", "bpd_fast", "fid", "classifier_view") if k in report}
     print(json.dumps(summary, indent=2, default=float))

@@ -22,7 +22,8 @@ from typing import Literal
 
 import torch
 
-from ddpm_objectives_hf.errors import UsageError
+from ddpm_objectives_hf.cli import error_line
+from ddpm_objectives_hf.errors import ConfigError, DDPMObjectivesError, TrainingError
 
 logger = logging.getLogger("ddpm_objectives_hf.train")
 
@@ -178,20 +179,20 @@ def build_scheduler(obj: ObjectiveArguments):
             timestep_spacing="trailing" if obj.rescale_betas_zero_snr else "leading",
         )
     except ValueError as err:
-        raise UsageError(f"--{str(err)}") from err
+        raise ConfigError(f"--{str(err)}") from err
 
 
 def build_unet(args: ModelArguments, resolution: int, channels: int, learned_variance: bool):
     from diffusers import UNet2DModel
 
-    from ddpm_objectives_hf.data import check_resolution
+    from ddpm_objectives_hf.training.data import check_resolution
 
     out_channels = 2 * channels if learned_variance else channels
     if args.model_config_name_or_path:
         config = UNet2DModel.load_config(args.model_config_name_or_path)
         config.update(sample_size=resolution, in_channels=channels)
         if config.get("out_channels") not in (None, out_channels):
-            raise UsageError(
+            raise ConfigError(
                 f"--model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
                 f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)"
             )
@@ -216,7 +217,7 @@ def build_unet(args: ModelArguments, resolution: int, channels: int, learned_var
     try:
         check_resolution(resolution, len(model.config.block_out_channels))
     except ValueError as err:
-        raise UsageError(str(err)) from err
+        raise ConfigError(str(err)) from err
     return model
 
 
@@ -228,7 +229,7 @@ class DataStream:
     """
 
     def __init__(self, data_args: DataArguments, run: RunArguments, accelerator, resolution: int):
-        from ddpm_objectives_hf.data import (
+        from ddpm_objectives_hf.training.data import (
             InMemoryImageData,
             OnTheFlyTransform,
             fits_in_memory,
@@ -249,7 +250,7 @@ class DataStream:
             dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
         self.channels = data_args.channels or infer_channels(dataset, column)
         if self.channels not in (1, 3):
-            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
+            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
         self.accelerator = accelerator
         self.batch_size = run.train_batch_size
         self.random_flip = data_args.random_flip
@@ -257,7 +258,7 @@ class DataStream:
         self.num_images = len(dataset)
         per_step = self.batch_size * accelerator.num_processes
         if self.num_images < per_step:
-            raise UsageError(
+            raise ConfigError(
                 f"--train_batch_size {self.batch_size} × {accelerator.num_processes} processes needs at least "
                 f"{per_step} images; the data set has {self.num_images}"
             )
@@ -335,9 +336,9 @@ def check_output_dir(run: RunArguments) -> None:
     """Refuse to write into a non-empty folder of another run (nothing of the user's is overwritten)."""
     out = Path(run.output_dir)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--output_dir {run.output_dir!r} exists and is not a folder")
+        raise ConfigError(f"--output_dir {run.output_dir!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not run.resume_from_checkpoint and not run.overwrite_output_dir:
-        raise UsageError(
+        raise ConfigError(
             f"--output_dir {run.output_dir!r} exists and is not empty; pass --resume_from_checkpoint latest to "
             "continue that run, --overwrite_output_dir to write into it anyway, or choose a new --output_dir"
         )
@@ -385,7 +386,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     from tqdm.auto import tqdm
 
     from ddpm_objectives_hf import diffusion_loss, make_timestep_sampler
-    from ddpm_objectives_hf.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+    from ddpm_objectives_hf.training.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 
     # 0. Objective, output folder, processes
     scheduler = build_scheduler(obj)
@@ -447,7 +448,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
             num_training_steps=run.max_train_steps * accelerator.num_processes,
         )
     except ValueError as err:
-        raise UsageError(f"--lr_scheduler {run.lr_scheduler!r}: {err}") from err
+        raise ConfigError(f"--lr_scheduler {run.lr_scheduler!r}: {err}") from err
     if run.compile:
         model = torch.compile(model)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
@@ -531,7 +532,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         last = state.step == run.max_train_steps
         if state.step % run.logging_steps == 0 or last or state.step % run.checkpointing_steps == 0:
             if int(first_bad) >= 0:
-                raise FloatingPointError(
+                raise TrainingError(
                     f"loss became NaN/inf at step {int(first_bad)} (timesteps {bad_timesteps.tolist()}); "
                     "stopping without saving weights: lower --learning_rate or check --loss_weighting"
                 )
@@ -598,9 +599,9 @@ def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments):
 
 
 def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: RunArguments, output_dir: Path) -> None:
-    from ddpm_objectives_hf.model_card import write_model_card
-    from ddpm_objectives_hf.pipeline_io import needs_plugin_scheduler, objective_config, save_pipeline
-    from ddpm_objectives_hf.plots import plot_loss_curve, plot_weighting
+    from ddpm_objectives_hf.training.model_card import write_model_card
+    from ddpm_objectives_hf.training.pipelines import needs_plugin_scheduler, objective_config, save_pipeline
+    from ddpm_objectives_hf.training.plots import plot_loss_curve, plot_weighting
 
     unet.eval()
     dataset = data_args.dataset_name or data_args.train_data_dir or "sklearn-digits"
@@ -647,7 +648,7 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
 def _push(run: RunArguments, output_dir: Path) -> None:
     from huggingface_hub import HfApi
 
-    from ddpm_objectives_hf.hub import push_to_hub, resolve_repo_id
+    from ddpm_objectives_hf.training.hub import push_to_hub, resolve_repo_id
 
     api = HfApi(endpoint=run.hub_endpoint, token=run.hub_token)
     repo_id = resolve_repo_id(run.hub_model_id, str(output_dir), api)
@@ -658,15 +659,11 @@ def _push(run: RunArguments, output_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_objectives_hf.checkpointing import CheckpointError
-    from ddpm_objectives_hf.data import DataError
-    from ddpm_objectives_hf.hub import HubError
-
     try:
         data_args, model_args, obj, run = parse_args(argv)
         train(data_args, model_args, obj, run)
-    except (UsageError, DataError, CheckpointError, HubError, FloatingPointError) as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
+    except DDPMObjectivesError as err:
+        print(f"train.py: error: {error_line(err)}", file=sys.stderr)
         return 2
     return 0
 

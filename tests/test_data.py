@@ -1,4 +1,4 @@
-"""Tests for `ddpm_objectives_hf.data`: loading image datasets, decoding them once to tensors, batches, checks."""
+"""Tests for `ddpm_objectives_hf.training.data`: loading image datasets, decoding them once to tensors, batches, checks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_objectives_hf.data import (
+from ddpm_objectives_hf.training.data import (
     DataError,
     InMemoryImageData,
     OnTheFlyTransform,

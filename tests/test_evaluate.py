@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from ddpm_objectives_hf.scripts import evaluate, train
 from scipy.stats import norm
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
 from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal, make_strata
+from scripts import evaluate, train
 
 T = 100
 LN2 = math.log(2.0)

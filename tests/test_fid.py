@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import ddpm_objectives_hf.features as features_mod
-from ddpm_objectives_hf.data import load_digits_split
-from ddpm_objectives_hf.features import (
+import ddpm_objectives_hf.evaluation.features as features_mod
+from ddpm_objectives_hf.evaluation.features import (
     DigitsClassifier,
     DigitsFeatureExtractor,
     classifier_view,
     load_digits_classifier,
 )
-from ddpm_objectives_hf.fid import FeatureNetworkError, compute_fid, frechet_distance, make_fid_metric
+from ddpm_objectives_hf.evaluation.fid import FeatureNetworkError, compute_fid, frechet_distance, make_fid_metric
+from ddpm_objectives_hf.training.data import load_digits_split
 
 
 def _images01(split: str) -> tuple[torch.Tensor, torch.Tensor]:

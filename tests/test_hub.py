@@ -17,7 +17,7 @@ from hub_server import FakeHub, hub_server  # noqa: F401
 from huggingface_hub import HfApi
 from PIL import Image
 
-from ddpm_objectives_hf.hub import DEFAULT_COMMIT_MESSAGE, HubError, push_to_hub, resolve_repo_id
+from ddpm_objectives_hf.training.hub import DEFAULT_COMMIT_MESSAGE, HubError, push_to_hub, resolve_repo_id
 
 TOKEN = "hf_secret_test_token"
 REPO_ID = "test-user/ddpm-objectives-test"

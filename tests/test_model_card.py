@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from ddpm_objectives_hf.model_card import TEMPLATE_NAME, describe_objective, objective_tags, write_model_card
+from ddpm_objectives_hf.training.model_card import TEMPLATE_NAME, describe_objective, objective_tags, write_model_card
 
 OBJECTIVE = {
     "prediction_type": "v_prediction",

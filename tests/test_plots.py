@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
-from ddpm_objectives_hf.plots import (
+from ddpm_objectives_hf.training.plots import (
     normalise_mean_one,
     plot_bar,
     plot_elbo_terms,

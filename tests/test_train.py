@@ -30,19 +30,8 @@ SCRIPT = ROOT / "scripts" / "train.py"
 
 
 def _load_train_module():
-    """The training script as a module: the installed `ddpm_objectives_hf.scripts.train` (the same file), or the
-    file itself when the package is not installed editable."""
-    try:
-        module = importlib.import_module("ddpm_objectives_hf.scripts.train")
-        if Path(module.__file__).resolve() == SCRIPT:
-            return module
-    except ImportError:
-        pass
-    spec = importlib.util.spec_from_file_location("ddpm_objectives_train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The training script as a module (the repository root is on pytest's ``pythonpath``)."""
+    return importlib.import_module("scripts.train")
 
 
 train_script = _load_train_module()
@@ -623,7 +612,7 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path: Path):
 
 def test_streaming_data_path(tmp_path, capsys, monkeypatch):
     """Data that do not fit in memory stream through an accelerate DataLoader, and resuming continues it."""
-    monkeypatch.setattr("ddpm_objectives_hf.data.fits_in_memory", lambda *a, **k: False)
+    monkeypatch.setattr("ddpm_objectives_hf.training.data.fits_in_memory", lambda *a, **k: False)
     out = tmp_path / "stream"
     run_ok(tiny_args(out, "--checkpointing_steps", "2", "--random_flip", steps=4), capsys)
     assert (out / UNET_WEIGHTS).is_file()

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DataError
+
 if TYPE_CHECKING:
     import datasets
     import PIL.Image
@@ -57,10 +59,6 @@ IMAGE_FILE_EXTENSIONS = (
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "F")
 DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024**3
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
-
-
-class DataError(ValueError):
-    """A user error in the data options (`--dataset_name`, `--train_data_dir`, `--image_column`, `--resolution`)."""
 
 
 def digits_dataset(split: Literal["train", "test"] = "train") -> datasets.Dataset:

@@ -11,12 +11,10 @@ import re
 import shutil
 from pathlib import Path
 
+from ..errors import CheckpointError
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "checkpoint_complete"
-
-
-class CheckpointError(ValueError):
-    """A ``--resume_from_checkpoint`` that points at nothing, or at a checkpoint that cannot be loaded."""
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:

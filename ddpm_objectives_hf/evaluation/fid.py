@@ -1,7 +1,7 @@
 """Fréchet distance between image sets with torchmetrics, on digits-classifier or Inception-v3 features.
 
 `feature="digits"` uses the 128-d penultimate layer of a small CNN trained on the scikit-learn digits
-(`ddpm_objectives_hf.features`); it works offline, in seconds, and is the meaningful choice for 8×8 digits. Its
+(`ddpm_objectives_hf.evaluation.features`); it works offline, in seconds, and is the meaningful choice for 8×8 digits. Its
 values are *not* comparable with Inception FIDs from the literature. `feature="inception"` is the standard 2048-d
 Inception-v3 pool3 FID; it needs torch-fidelity and its weights already on disk. `feature="auto"` picks Inception
 when it can be built offline, else digits.
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from ..errors import FeatureNetworkError
 from .features import DigitsFeatureExtractor, load_digits_classifier
 
 __all__ = [
@@ -42,10 +43,6 @@ FID_FEATURES = ("auto", "digits", "inception")
 FeatureName = Literal["auto", "digits", "inception"]
 INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_ENV_VAR = "DDPM_OBJECTIVES_INCEPTION_WEIGHTS"
-
-
-class FeatureNetworkError(RuntimeError):
-    """The requested FID feature network cannot be built (e.g. Inception offline without cached weights)."""
 
 
 def _psd_sqrt(sigma: Tensor) -> Tensor:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from .scheduling_ddpm_objective import DDPMObjectiveScheduler
+from ..errors import PipelineError
+from ..scheduling_ddpm_objective import DDPMObjectiveScheduler
 
 OBJECTIVE_FILE = "objective.json"
 OBJECTIVE_KEYS = (
@@ -36,10 +37,6 @@ OBJECTIVE_KEYS = (
     "beta_end",
     "rescale_betas_zero_snr",
 )
-
-
-class PipelineError(ValueError):
-    """A folder or Hub id that is not a pipeline this package can evaluate."""
 
 
 def objective_config(scheduler: DDPMObjectiveScheduler) -> dict:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from ..errors import HubError
+
 __all__ = ["DEFAULT_IGNORE_PATTERNS", "HubError", "push_to_hub", "resolve_repo_id"]
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,6 @@ DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = (
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{6,}\b")
 _REPO_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _FLAGS = "--push_to_hub/--hub_model_id"
-
-
-class HubError(RuntimeError):
-    """A push to the Hub failed (network, HTTP, authentication, offline mode or invalid repository id)."""
 
 
 def _scrub(text: str, token: str | None) -> str:

@@ -1,0 +1,1 @@
+"""Evaluation helpers of the command-line application: feature networks and FID."""
