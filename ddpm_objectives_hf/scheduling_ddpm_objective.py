@@ -172,8 +172,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         """
         ac = self.alphas_cumprod.double()
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
-        betas = 1.0 - ac / ac_prev
-        coef1, coef2, post_var = _posterior_coefficients(ac, ac_prev)
+        coef1, coef2, post_var, betas = _posterior_coefficients(ac, ac_prev)
         # β̃ at t = 0 is 0; the clipped log-variance reuses β̃ at t = 1 there (improved-diffusion).
         post_var_1 = post_var[1] if len(post_var) > 1 else betas[0]
         post_logvar_clipped = torch.log(torch.cat([post_var_1.reshape(1), post_var[1:]]))
@@ -584,39 +583,50 @@ class DDPMObjectiveScheduler(DDPMScheduler):
                 -self.config.clip_sample_range, self.config.clip_sample_range
             )
 
-        # 3. posterior of the (possibly respaced) step t → prev_t
+        # 3. posterior q(x_prev | x_t, x̂0) of the (possibly respaced) step t → prev_t, in float64: with
+        #    β = 1 − ᾱ_t/ᾱ_prev, μ̃ = coef1 x̂0 + coef2 x_t and β̃ = β (1 − ᾱ_prev)/(1 − ᾱ_t)
         alpha_prod_t = self.alphas_cumprod[t].double()
         alpha_prod_prev = self.alphas_cumprod[prev_t].double() if prev_t >= 0 else torch.ones((), dtype=torch.float64)
-        coef1, coef2, _ = _posterior_coefficients(alpha_prod_t, alpha_prod_prev)
+        coef1, coef2, posterior_variance, beta = _posterior_coefficients(alpha_prod_t, alpha_prod_prev)
         pred_prev_sample = coef1.to(sample.dtype) * pred_original_sample + coef2.to(sample.dtype) * sample
 
-        # 4. add noise with the configured variance
-        if t > 0:
+        # 4. x_prev = μ̃ + σ z, σ² of the configured variance from the same β and β̃ (no noise on the last step, as
+        #    improved-diffusion's p_sample: its respaced index 0 is diffusers' prev_t < 0)
+        if prev_t >= 0:
             noise = randn_tensor(
                 model_output.shape[:1] + sample.shape[1:],
                 generator=generator,
                 device=sample.device,
                 dtype=sample.dtype,
             )
-            if self.config.variance_type == "learned_range":
-                log_variance = self._get_variance(t, predicted_variance=predicted_variance)
-                pred_prev_sample = pred_prev_sample + torch.exp(0.5 * log_variance) * noise
-            else:
-                pred_prev_sample = pred_prev_sample + self._get_variance(t).to(sample.dtype) ** 0.5 * noise
+            log_variance = self._step_log_variance(beta, posterior_variance, predicted_variance)
+            pred_prev_sample = pred_prev_sample + torch.exp(0.5 * log_variance).to(sample) * noise
 
         if not return_dict:
             return (pred_prev_sample, pred_original_sample)
         return DDPMSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
 
+    def _step_log_variance(self, beta, posterior_variance, predicted_variance):
+        """log σ² of one (respaced) step in float64: log β̃ (`fixed_small`), log β (`fixed_large`), or
+        ``f · log β + (1 − f) · log β̃`` with ``f = (v + 1)/2`` (`learned_range`); β̃ floored at 1e-20 as diffusers."""
+        log_beta = torch.log(beta)
+        log_posterior = torch.log(posterior_variance.clamp(min=1e-20))
+        if self.config.variance_type == "fixed_large":
+            return log_beta
+        if self.config.variance_type == "learned_range":
+            frac = (predicted_variance.double() + 1) / 2
+            return frac * log_beta + (1 - frac) * log_posterior
+        return log_posterior
+
 
 def _posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: torch.Tensor):
-    """``(coef1, coef2, β̃)`` of q(x_{prev} | x_t, x0) for a step from ᾱ_t to ᾱ_prev (β_t = 1 − ᾱ_t/ᾱ_prev)."""
+    """``(coef1, coef2, β̃, β)`` of q(x_{prev} | x_t, x0) for a step from ᾱ_t to ᾱ_prev, with β = 1 − ᾱ_t/ᾱ_prev."""
     ac, ac_prev = alphas_cumprod, alphas_cumprod_prev
     beta = 1.0 - ac / ac_prev
     coef1 = ac_prev.sqrt() * beta / (1.0 - ac)
     coef2 = (1.0 - beta).sqrt() * (1.0 - ac_prev) / (1.0 - ac)
     variance = beta * (1.0 - ac_prev) / (1.0 - ac)
-    return coef1, coef2, variance
+    return coef1, coef2, variance, beta
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
