@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import io
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -52,10 +52,6 @@ def load_digits_split(split: Literal["train", "test"] = "train") -> tuple[np.nda
 # ---------------------------------------------------------------------------------------------------------------------
 
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "pixel_values")
-IMAGE_FILE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
-)  # fmt: skip
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "F")
 DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024**3
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
@@ -84,6 +80,26 @@ def digits_dataset(split: Literal["train", "test"] = "train") -> datasets.Datase
         features=features,
         split=split,
     )
+
+
+def image_file_extensions() -> frozenset[str]:
+    """The lower-case file extensions of the `imagefolder` builder of `datasets` (what `train_data_dir` loads)."""
+    from datasets.packaged_modules import _MODULE_TO_EXTENSIONS
+
+    return frozenset(ext.lower() for ext in _MODULE_TO_EXTENSIONS["imagefolder"])
+
+
+def table_file_builders() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Lower-case file extension → `(builder, builder kwargs)` of every packaged `datasets` builder that reads one
+    file as a table (parquet, csv/tsv, json/jsonl, arrow, webdataset `.tar`, …), from `datasets` itself; the
+    folder-based builders (`imagefolder`, `audiofolder`, …) read folders, not single table files."""
+    from datasets.packaged_modules import _EXTENSION_TO_MODULE
+
+    return {
+        ext.lower(): (module, dict(kwargs))
+        for ext, (module, kwargs) in _EXTENSION_TO_MODULE.items()
+        if not module.endswith("folder")
+    }
 
 
 def _env_offline() -> bool:
@@ -115,28 +131,43 @@ def _offline_mode(enabled: bool) -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` is meant as a local path rather than a Hub id (`namespace/name`): absolute, starting with
+    `./`, `../` or `~`, more than one `/`, or ending in a data file extension (`.parquet`, `.csv`, …)."""
     return (
         os.path.isabs(name)
         or name.startswith(("./", "../", "~", ".\\", "..\\"))
-        or name.endswith(".parquet")
+        or os.path.splitext(name)[1].lower() in table_file_builders()
         or name.replace(os.sep, "/").strip("/").count("/") > 1
     )
 
 
+def local_path(name: str | os.PathLike) -> Path | None:
+    """The local file or folder `name` refers to (`~` expanded) when it exists, else `None`: a Hub id.
+
+    The one decision "local path or Hub id" for data sets (`dataset_name`) and pipelines (`model_dir`): an existing
+    path always wins over a Hub id of the same spelling.
+    """
+    path = Path(name).expanduser()
+    return path if path.exists() else None
+
+
 def _select_split(
-    data: datasets.Dataset | datasets.DatasetDict, split: str, flag: str, where: str
+    data: datasets.Dataset | datasets.DatasetDict, split: str, parameter: str, where: str
 ) -> datasets.Dataset:
     import datasets
 
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
-            raise DataError(f"{flag} {where} has no split {split!r}; its splits are: {', '.join(data.keys())}")
+            raise DataError(
+                f"{parameter} {where} has no split {split!r}; its splits are: {', '.join(data.keys())}",
+                parameter=parameter,
+            )
         return data[split]
     return data
 
 
-def _load_split(flag: str, where: str, split: str, **kwargs: Any) -> datasets.Dataset:
+def _load_split(parameter: str, where: str, split: str, **kwargs: Any) -> datasets.Dataset:
     """`datasets.load_dataset(..., split=split)`, with an unknown split turned into a `DataError`."""
     import datasets
 
@@ -144,62 +175,123 @@ def _load_split(flag: str, where: str, split: str, **kwargs: Any) -> datasets.Da
         return datasets.load_dataset(split=split, **kwargs)
     except ValueError as e:
         if "Unknown split" in str(e):
-            raise DataError(f"{flag} {where}: {e}") from e
+            raise DataError(f"{parameter} {where}: {_one_line(e)}", parameter=parameter) from e
         raise
 
 
-def _load_local(path: str, dataset_config_name: str | None, split: str, cache_dir: str | None) -> datasets.Dataset:
-    import datasets
-
-    where = repr(path)
-    if os.path.isfile(path):
-        if not path.endswith(".parquet"):
-            raise DataError(
-                f"--dataset_name {where} is a file but not a .parquet file; pass a .parquet file, a folder of "
-                "parquet files or images, a save_to_disk folder, or a Hub dataset id"
-            )
-        # A single parquet file is always the "train" split of the parquet builder.
-        return _load_split("--dataset_name", where, "train", path="parquet", data_files=path, cache_dir=cache_dir)
-    saved = os.path.isfile(os.path.join(path, "dataset_dict.json")) or (
+def _is_saved_dataset(path: str) -> bool:
+    """A `save_to_disk` folder: `dataset_dict.json` (a `DatasetDict`) or `dataset_info.json` + `state.json`."""
+    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or (
         os.path.isfile(os.path.join(path, "dataset_info.json")) and os.path.isfile(os.path.join(path, "state.json"))
     )
-    if saved:
-        return _select_split(datasets.load_from_disk(path), split, "--dataset_name", where)
-    parquet_files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+
+
+def _broken_shard(path: str) -> tuple[str, str] | None:
+    """The first Arrow shard of the `save_to_disk` folder `path` that is missing or unreadable, with why."""
+    import json
+
+    import pyarrow as pa
+
+    for state_path in sorted(
+        glob.glob(os.path.join(path, "state.json")) + glob.glob(os.path.join(path, "*", "state.json"))
+    ):
+        try:
+            with open(state_path) as f:
+                shards = [entry["filename"] for entry in json.load(f).get("_data_files", [])]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return state_path, f"unreadable ({type(e).__name__}: {_one_line(e)})"
+        for name in shards:
+            shard = os.path.join(os.path.dirname(state_path), name)
+            if not os.path.isfile(shard):
+                return shard, "missing"
+            try:
+                with pa.memory_map(shard) as source:
+                    pa.ipc.open_stream(source).read_all()
+            except (OSError, pa.ArrowException) as e:
+                return shard, f"unreadable ({type(e).__name__}: {_one_line(e)})"
+    return None
+
+
+def _load_from_disk(path: str, where: str) -> datasets.Dataset | datasets.DatasetDict:
+    """`datasets.load_from_disk`, with a missing or truncated shard turned into a `DataError` naming the file."""
+    import datasets
+    import pyarrow as pa
+
+    try:
+        return datasets.load_from_disk(path)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+        broken = _broken_shard(path)
+        what = f"its file {broken[0]!r} is {broken[1]}" if broken else f"{type(e).__name__}: {_one_line(e)}"
+        raise DataError(
+            f"dataset_name {where} is a save_to_disk folder that cannot be loaded: {what}; save the dataset again",
+            parameter="dataset_name",
+        ) from e
+
+
+def _load_local(
+    path: str, dataset_config_name: str | None, split: str, cache_dir: str | None
+) -> tuple[datasets.Dataset, str | None]:
+    """A local file or folder as a dataset, and the folder that relative image paths in it are relative to."""
+    where = repr(path)
+    if os.path.isfile(path):
+        builders = table_file_builders()
+        extension = os.path.splitext(path)[1].lower()
+        if extension not in builders:
+            raise DataError(
+                f"dataset_name {where} is a file of no format `datasets` reads as a table; pass a file ending in "
+                f"{', '.join(sorted(builders))}, a folder of such files or of images, a save_to_disk folder, or a "
+                "Hub dataset id",
+                parameter="dataset_name",
+            )
+        builder, builder_kwargs = builders[extension]
+        # A single file is always the "train" split of its builder.
+        dataset = _load_split(
+            "dataset_name", where, "train", path=builder, data_files=path, cache_dir=cache_dir, **builder_kwargs
+        )
+        return dataset, os.path.dirname(os.path.abspath(path))
+    if _is_saved_dataset(path):
+        return _select_split(_load_from_disk(path, where), split, "dataset_name", where), None
+    parquet_files = glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)
     try:
         if parquet_files:
             # `data_dir` lets `datasets` infer the splits from the file names (train-*.parquet, test/..., ...).
-            return _load_split("--dataset_name", where, split, path="parquet", data_dir=path, cache_dir=cache_dir)
-        # Any other folder: `datasets` infers the builder (imagefolder, csv, json, ...) from its files.
-        return _load_split("--dataset_name", where, split, path=path, name=dataset_config_name, cache_dir=cache_dir)
+            dataset = _load_split("dataset_name", where, split, path="parquet", data_dir=path, cache_dir=cache_dir)
+        else:
+            # Any other folder: `datasets` infers the builder (imagefolder, csv, json, ...) from its files.
+            dataset = _load_split(
+                "dataset_name", where, split, path=path, name=dataset_config_name, cache_dir=cache_dir
+            )
     except FileNotFoundError as e:  # includes datasets' EmptyDatasetError / DataFilesNotFoundError
         raise DataError(
-            f"--dataset_name {where} is a folder with no loadable data; pass a save_to_disk folder, a folder of "
-            f"parquet files or images, or a .parquet file ({type(e).__name__}: {_one_line(e)})"
+            f"dataset_name {where} is a folder with no loadable data; pass a save_to_disk folder, a folder of "
+            f"data files or images, or a data file ({type(e).__name__}: {_one_line(e)})",
+            parameter="dataset_name",
         ) from e
+    return dataset, None
 
 
 def _load_hub(name: str, dataset_config_name: str | None, split: str, cache_dir: str | None) -> datasets.Dataset:
     offline = hub_offline()
     hint = (
-        "pass a local folder, a .parquet file or a save_to_disk folder to --dataset_name "
-        "(or a folder of images to --train_data_dir) instead"
+        "pass a local folder, a data file or a save_to_disk folder instead (or a folder of images as train_data_dir)"
     )
     try:
         with _offline_mode(offline):
             return _load_split(
-                "--dataset_name", repr(name), split, path=name, name=dataset_config_name, cache_dir=cache_dir
+                "dataset_name", repr(name), split, path=name, name=dataset_config_name, cache_dir=cache_dir
             )
     except (ConnectionError, TimeoutError) as e:
         why = "offline mode: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set" if offline else _one_line(e)
         raise DataError(
-            f"--dataset_name {name!r}: the Hugging Face Hub cannot be reached ({why}) and the dataset is not in the "
-            f"local cache; {hint}"
+            f"dataset_name {name!r}: the Hugging Face Hub cannot be reached ({why}) and the dataset is not in the "
+            f"local cache; {hint}",
+            parameter="dataset_name",
         ) from e
     except FileNotFoundError as e:  # includes datasets' DatasetNotFoundError
         raise DataError(
-            f"--dataset_name {name!r} is neither an existing local path nor a dataset on the Hugging Face Hub "
-            f"({_one_line(e)}); {hint}"
+            f"dataset_name {name!r} is neither an existing local path nor a dataset on the Hugging Face Hub "
+            f"({_one_line(e)}); {hint}",
+            parameter="dataset_name",
         ) from e
 
 
@@ -208,9 +300,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def _count_image_files(folder: str, stop_after: int = 1) -> int:
+    extensions = image_file_extensions()
     count = 0
     for _, _, files in os.walk(folder):
-        count += sum(f.lower().endswith(IMAGE_FILE_EXTENSIONS) for f in files)
+        count += sum(os.path.splitext(f)[1].lower() in extensions for f in files)
         if count >= stop_after:
             break
     return count
@@ -221,14 +314,14 @@ def find_image_column(dataset: datasets.Dataset, image_column: str | None = None
 
     Args:
         dataset (`datasets.Dataset`): The dataset.
-        image_column (`str`, *optional*): The column asked for with `--image_column`; checked to exist.
+        image_column (`str`, *optional*): The column asked for; checked to exist.
 
     Returns:
         `image_column` if given, else the first column whose feature is `datasets.Image`, else the first of the
         columns named `image`, `img`, `images`, `pixel_values`.
 
     Raises:
-        `DataError`: the column asked for is absent, or no image column is found.
+        `DataError`: the column asked for is absent, or no image column is found (`parameter="image_column"`).
     """
     import datasets
 
@@ -237,7 +330,8 @@ def find_image_column(dataset: datasets.Dataset, image_column: str | None = None
     if image_column is not None:
         if image_column not in columns:
             raise DataError(
-                f"--image_column {image_column!r} is not a column of the dataset; its columns are: {listed}"
+                f"image_column {image_column!r} is not a column of the dataset; its columns are: {listed}",
+                parameter="image_column",
             )
         return image_column
     for name, feature in dataset.features.items():
@@ -248,8 +342,88 @@ def find_image_column(dataset: datasets.Dataset, image_column: str | None = None
             return name
     raise DataError(
         f"no image column found in the dataset (no datasets.Image feature and none named "
-        f"{'/'.join(IMAGE_COLUMN_NAMES)}); pass --image_column with one of its columns: {listed}"
+        f"{'/'.join(IMAGE_COLUMN_NAMES)}); name one of its columns: {listed}",
+        parameter="image_column",
     )
+
+
+def _is_array_feature(feature: Any, arrow_type: Any) -> bool:
+    import datasets
+    import pyarrow as pa
+
+    return isinstance(feature, (datasets.Array2D, datasets.Array3D, datasets.Array4D, datasets.Array5D)) or any(
+        check(arrow_type) for check in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    )
+
+
+def _is_encoded_image_type(arrow_type: Any) -> bool:
+    """What `datasets.Image` casts from: file paths, encoded bytes, or `{"bytes", "path"}` structs."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(arrow_type):
+        names = {arrow_type.field(i).name for i in range(arrow_type.num_fields)}
+        return bool(names) and names <= {"bytes", "path"}
+    return any(
+        check(arrow_type)
+        for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    )
+
+
+def as_image_column(dataset: datasets.Dataset, image_column: str, decode: bool = True) -> datasets.Dataset:
+    """`dataset` with `image_column` cast to a `datasets.Image(decode=decode)` feature, so that `datasets` decodes it.
+
+    Columns of file paths, encoded bytes or `{"bytes", "path"}` structs are cast; a column that is already an `Image`
+    feature is only switched to `decode`. Columns of pixel arrays are left as they are and turned into images by
+    [`preprocess_image`]: `datasets.Image` casts a list column by encoding each array to PNG, which fails for
+    `[C, H, W]`, `[H, W, 1]` and multi-channel float arrays, and keeps float arrays in [0, 1] as mode "F" pixels
+    in [0, 1] (black), where the array path here scales them by 255.
+
+    Args:
+        dataset (`datasets.Dataset`): The dataset.
+        image_column (`str`): The column holding the images.
+        decode (`bool`, defaults to `True`): `False` keeps the cells encoded (`{"bytes", "path"}`), for decoding one
+            by one with errors that name the file.
+
+    Raises:
+        `DataError`: the column holds neither images nor arrays (e.g. numbers), `parameter="image_column"`.
+    """
+    import datasets
+
+    feature = dataset.features[image_column]
+    if isinstance(feature, datasets.Image):
+        if feature.decode == decode:
+            return dataset
+        return dataset.cast_column(image_column, datasets.Image(decode=decode, mode=feature.mode))
+    arrow_type = dataset.features.arrow_schema.field(image_column).type
+    if _is_array_feature(feature, arrow_type):
+        return dataset
+    if _is_encoded_image_type(arrow_type):
+        return dataset.cast_column(image_column, datasets.Image(decode=decode))
+    raise DataError(
+        f"image_column {image_column!r} holds {arrow_type} values, not images (file paths, encoded image bytes or "
+        f"pixel arrays); name the column that holds the images",
+        parameter="image_column",
+    )
+
+
+def _resolve_relative_paths(dataset: datasets.Dataset, image_column: str, base_dir: str) -> datasets.Dataset:
+    """Make relative image paths of a string column relative to `base_dir` (the folder of the table file)."""
+    import pyarrow as pa
+
+    arrow_type = dataset.features.arrow_schema.field(image_column).type
+    if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)):
+        return dataset
+
+    def _relative(path: str | None) -> bool:
+        return path is not None and not os.path.isabs(path) and "://" not in path
+
+    if not any(_relative(p) for p in dataset[image_column]):
+        return dataset
+
+    def _absolute(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {image_column: [os.path.join(base_dir, p) if _relative(p) else p for p in batch[image_column]]}
+
+    return dataset.map(_absolute, batched=True, desc="Resolving image paths")
 
 
 def load_image_dataset(
@@ -261,54 +435,62 @@ def load_image_dataset(
     cache_dir: str | None = None,
     use_default_digits: bool = True,
 ) -> tuple[datasets.Dataset, str]:
-    """Load the training (or evaluation) images, as the `--dataset_name` / `--train_data_dir` flags of diffusers'
+    """Load the training (or evaluation) images, as the `dataset_name` / `train_data_dir` options of diffusers'
     `train_unconditional.py` do, plus local files and the embedded digits.
 
     Args:
-        dataset_name (`str`, *optional*): A local `save_to_disk` folder (`Dataset` or `DatasetDict`), a `.parquet`
-            file, a folder of parquet files (or any folder `datasets.load_dataset` understands, e.g. images), or a
-            Hub dataset id. Hub datasets need the network unless already in the cache.
+        dataset_name (`str`, *optional*): A local `save_to_disk` folder (`Dataset` or `DatasetDict`), a single data
+            file of any format `datasets` has a packaged builder for (see [`table_file_builders`]: `.parquet`,
+            `.csv`, `.json`/`.jsonl`, `.arrow`, …; image paths in it may be relative to its folder), a folder of such
+            files (or any folder `datasets.load_dataset` understands, e.g. images), or a Hub dataset id. Hub datasets
+            need the network unless already in the cache.
         dataset_config_name (`str`, *optional*): The configuration of a Hub dataset.
         train_data_dir (`str`, *optional*): A folder of images (loaded with the `imagefolder` builder).
         image_column (`str`, *optional*): The column holding the images; found automatically when not given.
-        split (`str`, defaults to `"train"`): The split to use (a single `.parquet` file is always one split).
+        split (`str`, defaults to `"train"`): The split to use (a single data file is always one split).
         cache_dir (`str`, *optional*): The `datasets` cache directory.
         use_default_digits (`bool`, defaults to `True`): With neither `dataset_name` nor `train_data_dir`, use the
             embedded scikit-learn digits ([`digits_dataset`]); otherwise that is an error.
 
     Returns:
-        `(dataset, image_column)`.
+        `(dataset, image_column)`, the column a `datasets.Image` feature unless it holds pixel arrays (see
+        [`as_image_column`]).
 
     Raises:
-        `DataError`: a one-line message naming the flag at fault and what is valid.
+        `DataError`: a one-line message; `parameter` names the argument at fault.
     """
+    base_dir = None
     if dataset_name is not None and train_data_dir is not None:
-        raise DataError("pass either --dataset_name or --train_data_dir, not both")
+        raise DataError("dataset_name: pass either it or train_data_dir, not both", parameter="dataset_name")
     if dataset_name is not None:
         if not dataset_name.strip():
-            raise DataError("--dataset_name is empty; pass a local path or a Hub dataset id")
-        path = os.path.expanduser(dataset_name)
-        if os.path.exists(path):
-            dataset = _load_local(path, dataset_config_name, split, cache_dir)
-        elif _looks_like_path(dataset_name):
+            raise DataError("dataset_name is empty; pass a local path or a Hub dataset id", parameter="dataset_name")
+        path = local_path(dataset_name)
+        if path is not None:
+            dataset, base_dir = _load_local(str(path), dataset_config_name, split, cache_dir)
+        elif looks_like_local_path(dataset_name):
             raise DataError(
-                f"--dataset_name {dataset_name!r} looks like a local path but does not exist; pass an existing "
-                "save_to_disk folder, .parquet file or folder, or a Hub dataset id"
+                f"dataset_name {dataset_name!r} looks like a local path but does not exist; pass an existing "
+                "save_to_disk folder, data file or folder, or a Hub dataset id",
+                parameter="dataset_name",
             )
         else:
             dataset = _load_hub(dataset_name, dataset_config_name, split, cache_dir)
     elif train_data_dir is not None:
         folder = os.path.expanduser(train_data_dir)
         if not os.path.isdir(folder):
-            raise DataError(f"--train_data_dir {train_data_dir!r} does not exist or is not a folder")
+            raise DataError(
+                f"train_data_dir {train_data_dir!r} does not exist or is not a folder", parameter="train_data_dir"
+            )
         if _count_image_files(folder) == 0:
             raise DataError(
-                f"--train_data_dir {train_data_dir!r} contains no images "
-                f"({', '.join(IMAGE_FILE_EXTENSIONS[:6])}, ...); pass a folder of image files"
+                f"train_data_dir {train_data_dir!r} contains no images (.png, .jpg, .webp, ...); pass a folder of "
+                "image files",
+                parameter="train_data_dir",
             )
         try:
             dataset = _load_split(
-                "--train_data_dir",
+                "train_data_dir",
                 repr(train_data_dir),
                 split,
                 path="imagefolder",
@@ -316,14 +498,24 @@ def load_image_dataset(
                 cache_dir=cache_dir,
             )
         except FileNotFoundError as e:
-            raise DataError(f"--train_data_dir {train_data_dir!r}: no loadable images ({_one_line(e)})") from e
+            raise DataError(
+                f"train_data_dir {train_data_dir!r}: no loadable images ({_one_line(e)})", parameter="train_data_dir"
+            ) from e
     elif use_default_digits:
         if split not in ("train", "test"):
-            raise DataError(f"the embedded digits have splits 'train' and 'test', not {split!r}")
+            raise DataError(
+                f"split {split!r}: the embedded digits have only the splits 'train' and 'test'", parameter="split"
+            )
         dataset = digits_dataset(split)  # type: ignore[arg-type]
     else:
-        raise DataError("no training data: pass --dataset_name (a Hub id or local path) or --train_data_dir")
-    return dataset, find_image_column(dataset, image_column)
+        raise DataError(
+            "dataset_name is not given and there is no default data; pass a Hub id or local path (or train_data_dir)",
+            parameter="dataset_name",
+        )
+    column = find_image_column(dataset, image_column)
+    if base_dir is not None:
+        dataset = _resolve_relative_paths(dataset, column, base_dir)
+    return as_image_column(dataset, column), column
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -337,26 +529,29 @@ def check_resolution(resolution: int, num_down_blocks: int) -> int:
     Every down block but the last halves the size, so the resolution must be divisible by `2**(num_down_blocks-1)`.
 
     Args:
-        resolution (`int`): The `--resolution`.
+        resolution (`int`): The image side.
         num_down_blocks (`int`): The number of down blocks of the UNet.
 
     Returns:
         `resolution`.
 
     Raises:
-        `DataError`: naming `--resolution` and the nearest valid values.
+        `DataError`: `parameter="resolution"`, with the nearest valid values.
     """
     if num_down_blocks < 1:
         raise ValueError(f"num_down_blocks must be >= 1, got {num_down_blocks}")
     factor = 2 ** (num_down_blocks - 1)
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
-        raise DataError(f"--resolution must be a positive integer divisible by {factor}, got {resolution!r}")
+        raise DataError(
+            f"resolution must be a positive integer divisible by {factor}, got {resolution!r}", parameter="resolution"
+        )
     if resolution % factor:
         lower, upper = (resolution // factor) * factor, (resolution // factor + 1) * factor
         valid = f"{lower} or {upper}" if lower > 0 else str(upper)
         raise DataError(
-            f"--resolution {resolution} is not divisible by {factor} (2**({num_down_blocks}-1): a UNet with "
-            f"{num_down_blocks} down blocks halves the size {num_down_blocks - 1} times); use e.g. {valid}"
+            f"resolution {resolution} is not divisible by {factor} (2**({num_down_blocks}-1): a UNet with "
+            f"{num_down_blocks} down blocks halves the size {num_down_blocks - 1} times); use e.g. {valid}",
+            parameter="resolution",
         )
     return int(resolution)
 
@@ -366,25 +561,49 @@ def image_channels(image: PIL.Image.Image) -> int:
     return 1 if image.mode in GRAYSCALE_MODES or image.mode.startswith("I;") else 3
 
 
-def _as_pil(value: Any) -> PIL.Image.Image:
-    """A decoded image from what a dataset cell may hold: a PIL image, `{"bytes", "path"}`, a path, or an array."""
+def decode_image(value: Any, where: str = "an image") -> PIL.Image.Image:
+    """A PIL image from a dataset cell: decoded by `datasets.Image` when encoded, built here when an array.
+
+    Args:
+        value: A PIL image; an encoded cell (`{"bytes", "path"}`, a path, raw bytes), decoded with
+            `datasets.Image().decode_example`; or a pixel array `[H, W]`, `[H, W, C]` or `[C, H, W]` (uint8, or float
+            in [0, 1] scaled by 255; see [`as_image_column`] for why arrays are not left to `datasets`).
+        where (`str`): How to name the cell in an error when it has no file path (e.g. `"row 3 of column 'image'"`).
+
+    Raises:
+        `DataError`: the file or bytes are not a readable image (not an image, truncated, missing), naming the file.
+    """
+    import datasets
     from PIL import Image
 
     if isinstance(value, Image.Image):
         return value
-    if isinstance(value, dict) and (value.get("bytes") is not None or value.get("path")):
-        if value.get("bytes") is not None:
-            return Image.open(io.BytesIO(value["bytes"]))
-        return Image.open(value["path"])
-    if isinstance(value, (str, os.PathLike)):
-        return Image.open(value)
-    if isinstance(value, bytes):
-        return Image.open(io.BytesIO(value))
+    if isinstance(value, (bytes, bytearray)):
+        value = {"bytes": bytes(value), "path": None}
+    elif isinstance(value, (str, os.PathLike)):
+        value = {"bytes": None, "path": os.fspath(value)}
+    if isinstance(value, dict):
+        try:
+            return datasets.Image().decode_example(value)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            name = repr(value.get("path")) if value.get("path") else where
+            raise DataError(
+                f"image {name} cannot be read: {type(e).__name__}: {_one_line(e)}; remove or replace it"
+            ) from e
     array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # CHW -> HWC
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if (
+        array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[-1] not in (3, 4))
+        or array.dtype.kind not in "biuf"
+    ):
+        raise DataError(
+            f"{where} is a {array.dtype} array of shape {tuple(array.shape)}, not an image ([H, W], [H, W, C] or "
+            "[C, H, W] numbers)"
+        )
     if array.dtype != np.uint8:
         array = np.clip(array * 255.0 if array.max(initial=0) <= 1.0 else array, 0, 255).round().astype(np.uint8)
     return Image.fromarray(array)
@@ -434,20 +653,23 @@ def preprocess_image(
     channels: int,
     center_crop: bool = True,
     generator: torch.Generator | None = None,
+    where: str = "an image",
 ) -> np.ndarray:
     """One image to a uint8 `[resolution, resolution, channels]` array: convert mode, resize the shorter side to
-    `resolution` (bilinear), then crop the centre (`center_crop=True`) or a random square.
+    `resolution` (bilinear), then crop the centre (`center_crop=True`) or a random square — the `Resize`,
+    `CenterCrop`/`RandomCrop` of diffusers' `train_unconditional.py`.
 
     Args:
-        image: A PIL image (or anything a dataset cell may hold: `{"bytes", "path"}`, a path, an array).
+        image: A PIL image, or anything [`decode_image`] takes (an encoded cell, a path, an array).
         resolution (`int`): The output side.
         channels (`int`): 1 (grayscale "L") or 3 (RGB).
         center_crop (`bool`, defaults to `True`): Centre crop, else a random crop drawn from `generator`.
         generator (`torch.Generator`, *optional*): For the random crop.
+        where (`str`): How an unreadable cell is named in the error (see [`decode_image`]).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    pil = _resize_shorter_side(_convert(_as_pil(image), channels), resolution)
+    pil = _resize_shorter_side(_convert(decode_image(image, where), channels), resolution)
     w, h = pil.size
     if (w, h) != (resolution, resolution):
         left, top = _crop_offsets(w, h, resolution, center_crop, generator)
@@ -456,11 +678,16 @@ def preprocess_image(
     return array[..., None] if array.ndim == 2 else array
 
 
+def _cell(image_column: str, row: int) -> str:
+    return f"row {row} of column {image_column!r}"
+
+
 def infer_channels(dataset: datasets.Dataset, image_column: str) -> int:
     """1 if the first image of `dataset` is grayscale, else 3 (see [`image_channels`])."""
     if len(dataset) == 0:
         raise DataError("the dataset has no rows")
-    return image_channels(_as_pil(dataset[0][image_column]))
+    first = as_image_column(dataset.select([0]), image_column, decode=False)[0][image_column]
+    return image_channels(decode_image(first, _cell(image_column, 0)))
 
 
 def images_to_tensor(
@@ -468,15 +695,14 @@ def images_to_tensor(
     image_column: str,
     resolution: int,
     channels: int | None = None,
-    center_crop: bool = False,
-    random_flip: bool = False,
     num_proc: int | None = None,
 ) -> torch.Tensor:
     """Decode every image once into a uint8 tensor, for [`InMemoryImageData`].
 
     Images are converted to `channels`, their shorter side resized to `resolution` (bilinear, like the
     `transforms.Resize` of `train_unconditional.py`) and centre-cropped: a random crop drawn once would be one
-    arbitrary crop for all epochs, so the in-memory path always crops the centre (square images are not cropped).
+    arbitrary crop for all epochs, so the in-memory path always crops the centre (square images are not cropped);
+    random flips are drawn per batch by [`InMemoryImageData.batch`].
 
     Args:
         dataset (`datasets.Dataset`): The images.
@@ -484,18 +710,16 @@ def images_to_tensor(
         resolution (`int`): The output side.
         channels (`int`, *optional*): 1 or 3 (PIL `convert("L")` / `convert("RGB")`); inferred from the first image
             when `None` (grayscale modes → 1, else 3).
-        center_crop (`bool`, defaults to `False`): Accepted for symmetry with `--center_crop`; the in-memory path
-            always crops the centre.
-        random_flip (`bool`, defaults to `False`): Accepted for symmetry with `--random_flip`; flips are applied per
-            batch by [`InMemoryImageData.batch`], never here.
         num_proc (`int`, *optional*): Decode with `datasets.Dataset.map` in this many processes (writes a cache).
 
     Returns:
         A uint8 tensor `[N, channels, resolution, resolution]`.
+
+    Raises:
+        `DataError`: an image cannot be read (naming its file), or the column holds no images.
     """
-    del center_crop, random_flip  # see the docstring
     if resolution < 1:
-        raise DataError(f"--resolution must be a positive integer, got {resolution!r}")
+        raise DataError(f"resolution must be a positive integer, got {resolution!r}", parameter="resolution")
     if channels is None:
         channels = infer_channels(dataset, image_column)
     if channels not in (1, 3):
@@ -503,18 +727,25 @@ def images_to_tensor(
     n = len(dataset)
     if n == 0:
         return torch.empty(0, channels, resolution, resolution, dtype=torch.uint8)
-    images = dataset.select_columns([image_column])
+    # Encoded cells, decoded one by one, so that an unreadable image is reported with its file name.
+    images = as_image_column(dataset.select_columns([image_column]), image_column, decode=False)
 
     if num_proc is not None and num_proc > 1 and n >= 2 * num_proc:
         import datasets
 
-        def _batch(batch: dict[str, list[Any]]) -> dict[str, list[np.ndarray]]:
-            return {"_pixels": [preprocess_image(im, resolution, channels) for im in batch[image_column]]}
+        def _batch(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[np.ndarray]]:
+            return {
+                "_pixels": [
+                    preprocess_image(im, resolution, channels, where=_cell(image_column, i))
+                    for im, i in zip(batch[image_column], indices)
+                ]
+            }
 
         features = datasets.Features({"_pixels": datasets.Array3D((resolution, resolution, channels), "uint8")})
         mapped = images.map(
             _batch,
             batched=True,
+            with_indices=True,
             batch_size=256,
             num_proc=num_proc,
             remove_columns=[image_column],
@@ -529,7 +760,8 @@ def images_to_tensor(
     with tqdm(total=n, desc="Decoding images", unit="img", disable=n < 1000) as bar:
         for batch in images.iter(batch_size=256):
             for image in batch[image_column]:
-                out[i] = torch.from_numpy(preprocess_image(image, resolution, channels)).permute(2, 0, 1)
+                pixels = preprocess_image(image, resolution, channels, where=_cell(image_column, i))
+                out[i] = torch.from_numpy(pixels).permute(2, 0, 1)
                 i += 1
             bar.update(len(batch[image_column]))
     return out
@@ -589,10 +821,25 @@ class InMemoryImageData:
     def resolution(self) -> int:
         return self.images.shape[-1]
 
-    def to(self, device: torch.device | str) -> InMemoryImageData:
-        """Move the images to `device` (in place); returns `self`."""
-        self.images = self.images.to(device)
-        return self
+    def epoch_order(self, epoch: int, seed: int, process_index: int = 0, num_processes: int = 1) -> torch.Tensor:
+        """This process's share of epoch `epoch`'s shuffle, on the images' device.
+
+        One permutation of all images per epoch, drawn from `seed * 100003 + epoch` on the CPU (so every process,
+        and a resumed run, draws the same one without communicating); process `r` of `P` takes every `P`-th index
+        from position `r`.
+
+        Args:
+            epoch (`int`): The epoch.
+            seed (`int`): The run's seed.
+            process_index (`int`, defaults to 0): This process's rank.
+            num_processes (`int`, defaults to 1): The number of processes.
+
+        Returns:
+            int64 indices for [`batch`], about `len(self) / num_processes` of them.
+        """
+        generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+        order = torch.randperm(len(self), generator=generator)
+        return order[process_index::num_processes].to(self.images.device)
 
     def batch(
         self,
@@ -621,31 +868,23 @@ class InMemoryImageData:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
 
-    def epoch_batches(
-        self, batch_size: int, shuffle: bool = True, drop_last: bool = False, generator: torch.Generator | None = None
-    ) -> Iterator[torch.Tensor]:
-        """Index batches covering the images once (shuffled with `generator` when `shuffle`), for [`batch`]."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            yield order[start : start + batch_size]
-
 
 class OnTheFlyTransform:
     """A `dataset.with_transform(...)` transform for data too big for memory: decode, convert, resize, crop and flip
-    each batch in the `DataLoader` workers, like `train_unconditional.py`.
+    each batch in the `DataLoader` workers — the `Resize`, `CenterCrop`/`RandomCrop`, `RandomHorizontalFlip`,
+    `ToTensor`, `Normalize([0.5], [0.5])` of diffusers' `train_unconditional.py`, with PIL and torch.
 
     Randomness (crops, flips) comes from torch's global RNG unless a `generator` is given; `DataLoader` seeds it
-    differently in each worker.
+    differently in each worker. Use [`apply_to`] so that an unreadable image raises a `DataError` naming its file;
+    cells already decoded by `datasets` (PIL images) are taken as they are.
 
     Args:
         image_column (`str`): The column holding the images.
         resolution (`int`): The output side.
         channels (`int`, *optional*): 1 or 3; inferred from the first image transformed when `None` (prefer passing
             [`infer_channels`]`(dataset, image_column)` so that every worker agrees).
-        center_crop (`bool`, defaults to `False`): Centre crop, else random crop (`--center_crop`).
-        random_flip (`bool`, defaults to `False`): Random horizontal flips (`--random_flip`).
+        center_crop (`bool`, defaults to `False`): Centre crop, else random crop.
+        random_flip (`bool`, defaults to `False`): Random horizontal flips.
         generator (`torch.Generator`, *optional*): CPU generator for crops and flips.
 
     Returns (when called on a batch dict): `{"pixel_values": float tensor [B, C, resolution, resolution] in [-1, 1]}`.
@@ -669,10 +908,15 @@ class OnTheFlyTransform:
         self.random_flip = random_flip
         self.generator = generator
 
+    def apply_to(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        """`dataset` with its images kept encoded (see [`as_image_column`]) and this transform applied on access."""
+        return as_image_column(dataset, self.image_column, decode=False).with_transform(self)
+
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        images = batch[self.image_column]
+        where = f"an image of column {self.image_column!r}"
+        images = [decode_image(im, where) for im in batch[self.image_column]]
         if self.channels is None and len(images):
-            self.channels = image_channels(_as_pil(images[0]))
+            self.channels = image_channels(images[0])
         arrays = [
             preprocess_image(im, self.resolution, self.channels or 3, self.center_crop, self.generator)
             for im in images
