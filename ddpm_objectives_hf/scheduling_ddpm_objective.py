@@ -6,8 +6,13 @@ scheduler reloads through ``DiffusionPipeline.from_pretrained`` (diffusers recor
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from typing import Literal
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -16,8 +21,9 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler, DDPMSchedulerOut
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
+from .errors import ConfigError
 from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .weighting import WEIGHTING_PARAMETERS, WeightingFn, evaluate_weighting, weighting_name
+from .weighting import WeightingFn, evaluate_weighting, weighting_name
 
 PredictionType = Literal["epsilon", "sample", "v_prediction", "mean"]
 
@@ -44,6 +50,32 @@ VARIANCE_TYPES: dict[str, str] = {
     "output channels ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)).",
 }
 
+
+@dataclass(frozen=True)
+class Bound:
+    """A lower bound on a numeric option, carried by its annotation: ``snr_gamma: Annotated[float, Bound(">", 0)]``.
+
+    :meth:`DDPMObjectiveScheduler.check_options` reads it, so a new option states its valid range where it is
+    declared (in the ``__init__`` signature) and nowhere else.
+    """
+
+    op: Literal[">", ">="]
+    value: float
+
+    def holds(self, x: float) -> bool:
+        return x > self.value if self.op == ">" else x >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:g}"
+
+
+Positive = Annotated[float, Bound(">", 0)]
+NonNegative = Annotated[float, Bound(">=", 0)]
+PositiveInt = Annotated[int, Bound(">=", 1)]
+
+# The beta schedules built from `beta_start` and `beta_end` (`squaredcos_cap_v2` is not).
+_BETA_RANGE_SCHEDULES = ("linear", "scaled_linear", "sigmoid")
+
 # SNR substituted for 0 (zero terminal SNR) when a weighting is turned into x0-units: w(δ)·δ is the limit SNR → 0.
 _SNR_FLOOR = 1e-300
 
@@ -61,6 +93,13 @@ class DDPMObjectiveScheduler(DDPMScheduler):
     :func:`ddpm_objectives_hf.variational_bound`. Every per-timestep quantity of the derivation is exposed
     (:meth:`snr`, :meth:`posterior_mean`, :meth:`loss_weight`, ...), computed once in float64.
 
+    The ``__init__`` signature declares every option once: its type (a ``Literal`` lists the valid values, `Positive`
+    and friends bound a number, both checked by :meth:`check_options`), its default, and here its documentation. From
+    it come the config, the training flags (``--`` + the name, help from this block) and the keys of
+    ``objective.json`` (the options that `DDPMScheduler` does not have). A weighting's keyword arguments are looked
+    up among the options by name, so a weighting with a new parameter is its function in
+    :mod:`~ddpm_objectives_hf.weighting` plus one keyword here, with its line below.
+
     Args (beyond `DDPMScheduler`'s, which keep their meaning and defaults):
         prediction_type (`"epsilon"`, `"sample"`, `"v_prediction"` or `"mean"`, defaults to `"epsilon"`):
             What the network predicts: the noise ε, the clean sample x0, the velocity ``v = √ᾱ ε − √(1−ᾱ) x0``
@@ -75,22 +114,22 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             scaled by T like improved-diffusion's ``RESCALED_KL``). `hybrid`: the weighted MSE plus
             ``hybrid_lambda · T · L_t`` with the mean detached, for `learned_range` variance.
         loss_weighting (`str` or callable, defaults to `"simple"`):
-            One of `simple`, `vlb`, `snr`, `truncated_snr`, `min_snr`, `soft_min_snr`, `p2`, `edm`, `debiased`,
-            `sigmoid`, a name registered with :func:`~ddpm_objectives_hf.weighting.register_weighting`, or a
-            callable ``w(snr) -> weight``. Weights are in ε-units: the loss is ``w(t) · mean‖ε − ε̂‖²`` for
-            every target.
-        snr_gamma (`float`, defaults to 5.0): γ of `min_snr` and `soft_min_snr`.
-        p2_k (`float`, defaults to 1.0): k of `p2`.
-        p2_gamma (`float`, defaults to 1.0): γ of `p2`.
-        sigma_data (`float`, defaults to 0.5): σ_data of `edm`.
+            A weighting of :data:`~ddpm_objectives_hf.weighting.WEIGHTINGS` (built in: `simple`, `vlb`, `snr`,
+            `truncated_snr`, `min_snr`, `soft_min_snr`, `p2`, `edm`, `debiased`, `sigmoid`; add one with
+            :func:`~ddpm_objectives_hf.weighting.register_weighting`), or a callable ``w(snr) -> weight``. Weights
+            are in ε-units: the loss is ``w(t) · mean‖ε − ε̂‖²`` for every target.
+        snr_gamma (`float` > 0, defaults to 5.0): γ of `min_snr` and `soft_min_snr`.
+        p2_k (`float` > 0, defaults to 1.0): k of `p2`.
+        p2_gamma (`float` > 0, defaults to 1.0): γ of `p2`.
+        sigma_data (`float` > 0, defaults to 0.5): σ_data of `edm`.
         sigmoid_bias (`float`, defaults to 0.0): bias b of `sigmoid`.
-        hybrid_lambda (`float`, defaults to 0.001): λ of the hybrid loss.
+        hybrid_lambda (`float` >= 0, defaults to 0.001): λ of the hybrid loss.
     """
 
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
+        num_train_timesteps: PositiveInt = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
         beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear",
@@ -107,38 +146,15 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         rescale_betas_zero_snr: bool = False,
         loss_type: Literal["mse", "kl", "hybrid"] = "mse",
         loss_weighting: str | WeightingFn = "simple",
-        snr_gamma: float = 5.0,
-        p2_k: float = 1.0,
-        p2_gamma: float = 1.0,
-        sigma_data: float = 0.5,
+        snr_gamma: Positive = 5.0,
+        p2_k: Positive = 1.0,
+        p2_gamma: Positive = 1.0,
+        sigma_data: Positive = 0.5,
         sigmoid_bias: float = 0.0,
-        hybrid_lambda: float = 0.001,
+        hybrid_lambda: NonNegative = 0.001,
     ):
-        _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        _check_choice("variance_type", variance_type, VARIANCE_TYPES)
-        _check_choice("loss_type", loss_type, LOSS_TYPES)
-        for name, value in (
-            ("snr_gamma", snr_gamma),
-            ("p2_k", p2_k),
-            ("p2_gamma", p2_gamma),
-            ("sigma_data", sigma_data),
-        ):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not (math.isfinite(hybrid_lambda) and hybrid_lambda >= 0):
-            raise ValueError(f"hybrid_lambda must be a finite number >= 0, got {hybrid_lambda!r}")
-        if loss_type == "hybrid" and variance_type != "learned_range":
-            raise ValueError(
-                f"loss_type='hybrid' trains a learned variance: it needs variance_type='learned_range', got {variance_type!r}"
-            )
-        if loss_type == "mse" and variance_type == "learned_range":
-            raise ValueError(
-                "variance_type='learned_range' with loss_type='mse' would leave the variance channels untrained; "
-                "use loss_type='hybrid' or 'kl'"
-            )
-        beta_schedule_valid = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
-        if trained_betas is None:
-            _check_choice("beta_schedule", beta_schedule, beta_schedule_valid)
+        # every option of this class (a subclass's too: the config holds all of them before __init__ runs)
+        self.check_options(self.config)
         name = weighting_name(loss_weighting)
         super().__init__(
             num_train_timesteps=num_train_timesteps,
@@ -160,6 +176,80 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         self.register_to_config(loss_weighting=name)  # a callable is stored by its registered name
         self._build_tables()
         self._device_tables: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ the options (the __init__ signature)
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The keywords of ``cls.__init__`` in signature order: the config keys."""
+        return tuple(_option_hints(cls))
+
+    @classmethod
+    def objective_option_names(cls) -> tuple[str, ...]:
+        """The options diffusers' `DDPMScheduler` does not have (loss type, weighting and its parameters, ...):
+        ``option_names()`` minus `DDPMScheduler`'s, what ``objective.json`` keeps beside a saved pipeline."""
+        inherited = set(_option_hints(DDPMScheduler))
+        return tuple(name for name in cls.option_names() if name not in inherited)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise a `ConfigError` (a `ValueError`) naming the first invalid option of ``options``.
+
+        Each option present is checked against its annotation in ``cls.__init__``: a ``Literal`` lists the valid
+        values; an ``int`` or ``float`` must be a finite number of that kind, within its `Bound` if annotated with
+        one (`Positive`, `NonNegative`, `PositiveInt`). Then the rules between options: ``0 < beta_start <=
+        beta_end < 1`` for the schedules built from them; `hybrid` needs a `learned_range` variance; a
+        `learned_range` variance needs the `kl` or `hybrid` loss (:meth:`with_learned_variance` chooses one).
+        """
+        trained_betas = options.get("trained_betas") is not None
+        for name, hint in _option_hints(cls, extras=True).items():
+            if name not in options or (name == "beta_schedule" and trained_betas):  # trained betas: no schedule
+                continue
+            value = options[name]
+            kind, bounds = (get_args(hint)[0], get_args(hint)[1:]) if get_origin(hint) is Annotated else (hint, ())
+            if get_origin(kind) is Literal:
+                _check_choice(name, value, get_args(kind))
+            elif kind in (int, float):
+                bounds = [b for b in bounds if isinstance(b, Bound)]
+                number = isinstance(value, numbers.Integral if kind is int else numbers.Real)
+                number = number and not isinstance(value, bool) and math.isfinite(value)
+                if not (number and all(b.holds(value) for b in bounds)):
+                    noun = "an integer" if kind is int else "a finite number"
+                    raise ConfigError(
+                        f"{name} must be {noun}{''.join(f' {b}' for b in bounds)}, got {value!r}", parameter=name
+                    )
+        schedule = options.get("beta_schedule", "linear")
+        if not trained_betas and schedule in _BETA_RANGE_SCHEDULES and {"beta_start", "beta_end"} <= set(options):
+            start, end = options["beta_start"], options["beta_end"]
+            if not 0 < start <= end < 1:
+                parameter = "beta_start" if not 0 < start < 1 else "beta_end"
+                raise ConfigError(
+                    f"{parameter}: beta_schedule={schedule!r} needs 0 < beta_start <= beta_end < 1, got "
+                    f"beta_start={start!r}, beta_end={end!r}",
+                    parameter=parameter,
+                )
+        loss_type, variance_type = options.get("loss_type", "mse"), options.get("variance_type", "fixed_small")
+        if loss_type == "hybrid" and variance_type != "learned_range":
+            raise ConfigError(
+                f"loss_type='hybrid' trains a learned variance: it needs variance_type='learned_range', "
+                f"got {variance_type!r}",
+                parameter="loss_type",
+            )
+        if loss_type == "mse" and variance_type == "learned_range":
+            raise ConfigError(
+                "variance_type='learned_range' with loss_type='mse' would leave the variance channels untrained; "
+                "use loss_type='hybrid' or 'kl'",
+                parameter="variance_type",
+            )
+
+    @classmethod
+    def with_learned_variance(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` for a model that learns its variance: ``variance_type="learned_range"``, and the hybrid loss
+        ``L_simple + λ · T · L_t`` ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)) where the loss type
+        is `mse` or not given (the MSE alone leaves the variance channels untrained); `kl` and `hybrid` are kept."""
+        options = {**options, "variance_type": "learned_range"}
+        if options.get("loss_type", "mse") == "mse":
+            options["loss_type"] = "hybrid"
+        return options
 
     # ------------------------------------------------------------------ per-timestep tables (float64, length T)
     def _build_tables(self) -> None:
@@ -199,7 +289,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         T = len(snr)
         neg_dlogsnr_dt = -torch.from_numpy(np.gradient(log_snr.numpy(), np.arange(1, T + 1) / T)) if T > 1 else log_snr
         schedule = {"coef1_sq": coef1**2, "model_variance": fixed_logvar.exp(), "neg_dlogsnr_dt": neg_dlogsnr_dt}
-        params = {k: float(self.config[k]) for k in WEIGHTING_PARAMETERS}
+        params = {k: self.config[k] for k in self.option_names()}  # a weighting's parameters are options by name
         w_eps = evaluate_weighting(self.config.loss_weighting, snr_eval, params, schedule).double()
         w_x0 = w_eps * snr_eval  # the x0-units weight; finite limit where SNR = 0
         w_x0 = torch.where(snr > 0, w_x0, w_x0.nan_to_num(posinf=0.0))
@@ -216,9 +306,10 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         self._vlb_weight_eps = torch.where(snr > 0, vlb_eps, torch.full_like(vlb_eps, math.inf))
         bad = [k for k, v in self._weights.items() if k != "epsilon_units" and not torch.isfinite(v).all()]
         if bad or not torch.isfinite(w_eps[snr > 0]).all():
-            raise ValueError(
+            raise ConfigError(
                 f"loss_weighting={self.config.loss_weighting!r} gives non-finite weights for this schedule "
-                f"(targets {bad or ['epsilon']}); check its parameters"
+                f"(targets {bad or ['epsilon']}); check its parameters",
+                parameter="loss_weighting",
             )
 
     def _table(self, name: str, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -636,4 +727,20 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 
 def _check_choice(option: str, value, valid) -> None:
     if value not in valid:
-        raise ValueError(f"{option}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+        raise ConfigError(
+            f"{option}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}", parameter=option
+        )
+
+
+@functools.cache
+def _option_hints(scheduler_class: type, extras: bool = False) -> dict[str, Any]:
+    """``{name: annotation}`` of every keyword of ``scheduler_class.__init__``, in signature order (``extras``
+    keeps ``Annotated`` metadata such as a `Bound`; without it the plain type)."""
+    init = scheduler_class.__init__
+    hints = get_type_hints(init, include_extras=extras)
+    parameters = list(inspect.signature(init).parameters.values())[1:]
+    return {
+        p.name: hints.get(p.name, Any)
+        for p in parameters
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }

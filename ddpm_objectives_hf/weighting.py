@@ -11,7 +11,9 @@ each weighting into a table over t once, in float64, for the configured target
 (:meth:`DDPMObjectiveScheduler.loss_weight`).
 
 Like k-diffusion's, a weighting here is just a function ``w(snr, **params) -> Tensor``; add your own with
-:func:`register_weighting` or pass a callable as ``loss_weighting``.
+:func:`register_weighting` or pass a callable as ``loss_weighting``. Its keyword arguments are looked up by name among
+the scheduler's options (the keywords of ``DDPMObjectiveScheduler.__init__``, e.g. ``snr_gamma``) and the schedule
+inputs (:data:`SCHEDULE_INPUTS`): a weighting with a new parameter needs that one keyword added to the scheduler.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import inspect
 from collections.abc import Callable
 
 import torch
+
+from .errors import ConfigError
 
 WeightingFn = Callable[..., torch.Tensor]
 
@@ -101,9 +105,14 @@ def vlb(snr: torch.Tensor, coef1_sq: torch.Tensor, model_variance: torch.Tensor)
     return coef1_sq / (2.0 * model_variance * snr)
 
 
-# Parameters a weighting may take, with the name of the scheduler option that holds each one.
-WEIGHTING_PARAMETERS = ("snr_gamma", "p2_k", "p2_gamma", "sigma_data", "sigmoid_bias")
+# Per-timestep tensors of the schedule a weighting may ask for by name (its other keywords are scheduler options).
 SCHEDULE_INPUTS = ("coef1_sq", "model_variance", "neg_dlogsnr_dt")
+
+
+def weighting_parameters(name: str) -> tuple[str, ...]:
+    """The scheduler options the weighting ``name`` takes: its keyword arguments other than the schedule inputs
+    (``("snr_gamma",)`` for `min_snr`, ``()`` for `simple`)."""
+    return tuple(arg for arg in list(inspect.signature(WEIGHTINGS[name]).parameters)[1:] if arg not in SCHEDULE_INPUTS)
 
 
 def weighting_name(weighting: str | WeightingFn) -> str:
@@ -115,9 +124,10 @@ def weighting_name(weighting: str | WeightingFn) -> str:
             register_weighting(name, weighting)
         return name
     if weighting not in WEIGHTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"loss_weighting={weighting!r} is not known; valid values: {', '.join(sorted(WEIGHTINGS))}, "
-            "or a callable of the SNR (see ddpm_objectives_hf.weighting.register_weighting)."
+            "or a callable of the SNR (see ddpm_objectives_hf.weighting.register_weighting).",
+            parameter="loss_weighting",
         )
     return weighting
 
@@ -128,7 +138,7 @@ def evaluate_weighting(name: str, snr: torch.Tensor, params: dict, schedule: dic
     Args:
         name (`str`): a registered weighting.
         snr (`torch.Tensor`): SNR per timestep.
-        params (`dict`): the scheduler's weighting options (``snr_gamma``, ``p2_k``, ...).
+        params (`dict`): the scheduler's options by name (its config: ``snr_gamma``, ``p2_k``, ...).
         schedule (`dict`): per-timestep schedule tensors a weighting may ask for (``coef1_sq``, ``model_variance``,
             ``neg_dlogsnr_dt``).
     """
@@ -140,8 +150,9 @@ def evaluate_weighting(name: str, snr: torch.Tensor, params: dict, schedule: dic
         elif arg in schedule:
             kwargs[arg] = schedule[arg]
         else:
-            raise ValueError(
-                f"weighting {name!r} asks for {arg!r}, which is neither a scheduler option "
-                f"({', '.join(WEIGHTING_PARAMETERS)}) nor a schedule input ({', '.join(SCHEDULE_INPUTS)})."
+            raise ConfigError(
+                f"loss_weighting={name!r} asks for {arg!r}, which is neither a scheduler option (add the keyword "
+                f"{arg!r} to the scheduler's __init__) nor a schedule input ({', '.join(SCHEDULE_INPUTS)}).",
+                parameter="loss_weighting",
             )
     return fn(snr, **kwargs)

@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from ddpm_objectives_hf.cli import error_line
+from ddpm_objectives_hf.cli.arguments import build_scheduler, objective_arguments
 from ddpm_objectives_hf.errors import ConfigError, DDPMObjectivesError, TrainingError
 
 logger = logging.getLogger("ddpm_objectives_hf.train")
@@ -64,36 +65,10 @@ class ModelArguments:
     dropout: float = 0.0
 
 
-@dataclass
-class ObjectiveArguments:
-    prediction_type: Literal["epsilon", "sample", "v_prediction", "mean"] = "epsilon"
-    loss_type: Literal["mse", "kl", "hybrid"] = "mse"
-    loss_weighting: str = field(
-        default="simple",
-        metadata={
-            "help": "simple, vlb, snr, truncated_snr, min_snr, soft_min_snr, p2, edm, debiased, sigmoid",
-        },
-    )
-    snr_gamma: float = 5.0
-    p2_k: float = 1.0
-    p2_gamma: float = 1.0
-    sigma_data: float = 0.5
-    sigmoid_bias: float = 0.0
-    hybrid_lambda: float = 0.001
-    variance_type: Literal["fixed_small", "fixed_large", "learned_range"] = field(
-        default="fixed_small", metadata={"help": "learned_range: the UNet gets 2x output channels (learned variance)."}
-    )
-    learn_variance: bool = field(
-        default=False, metadata={"help": "Shortcut for --variance_type learned_range --loss_type hybrid."}
-    )
-    timestep_sampler: Literal["uniform", "stratified", "importance", "logit_normal"] = "uniform"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear"
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    rescale_betas_zero_snr: bool = False
+# The objective's flags: every option of `DDPMObjectiveScheduler.__init__` (type, default and help from its signature
+# and docstring) and the command-line-only ones (--learn_variance, the timestep sampler); `parse_args` makes it again
+# when a weighting was registered since (see ddpm_objectives_hf.cli.arguments).
+ObjectiveArguments = objective_arguments()
 
 
 @dataclass
@@ -142,7 +117,7 @@ class RunArguments:
 def parse_args(argv: list[str] | None = None):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((DataArguments, ModelArguments, ObjectiveArguments, RunArguments))
+    parser = HfArgumentParser((DataArguments, ModelArguments, objective_arguments(), RunArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
@@ -152,34 +127,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
-def build_scheduler(obj: ObjectiveArguments):
-    from ddpm_objectives_hf import DDPMObjectiveScheduler
-
-    variance_type, loss_type = obj.variance_type, obj.loss_type
-    if obj.learn_variance:
-        variance_type = "learned_range"
-        loss_type = "hybrid" if loss_type == "mse" else loss_type
-    try:
-        return DDPMObjectiveScheduler(
-            num_train_timesteps=obj.num_train_timesteps,
-            beta_schedule=obj.beta_schedule,
-            beta_start=obj.beta_start,
-            beta_end=obj.beta_end,
-            rescale_betas_zero_snr=obj.rescale_betas_zero_snr,
-            prediction_type=obj.prediction_type,
-            variance_type=variance_type,
-            loss_type=loss_type,
-            loss_weighting=obj.loss_weighting,
-            snr_gamma=obj.snr_gamma,
-            p2_k=obj.p2_k,
-            p2_gamma=obj.p2_gamma,
-            sigma_data=obj.sigma_data,
-            sigmoid_bias=obj.sigmoid_bias,
-            hybrid_lambda=obj.hybrid_lambda,
-            timestep_spacing="trailing" if obj.rescale_betas_zero_snr else "leading",
-        )
-    except ValueError as err:
-        raise ConfigError(f"--{str(err)}") from err
+# build_scheduler(obj): the scheduler of the parsed objective flags (ddpm_objectives_hf.cli.arguments); an invalid
+# option raises the scheduler's ConfigError, which names it.
 
 
 def build_unet(args: ModelArguments, resolution: int, channels: int, learned_variance: bool):

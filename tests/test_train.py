@@ -161,8 +161,9 @@ def test_default_run_writes_a_plain_diffusers_pipeline(default_run: Path):
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "DDPMPipeline"
     assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
-    objective = json.loads((out / "objective.json").read_text())
-    assert objective["prediction_type"] == "epsilon" and objective["loss_weighting"] == "simple"
+    objective = json.loads((out / "objective.json").read_text())  # the options DDPMScheduler does not have
+    scheduler_config = json.loads((out / "scheduler/scheduler_config.json").read_text())
+    assert scheduler_config["prediction_type"] == "epsilon" and objective["loss_weighting"] == "simple"
     assert objective["train_steps"] == 6 and objective["plugin_scheduler"] is False
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\n") and "library_name: diffusers" in readme.split("\n---", 1)[0]
@@ -206,14 +207,11 @@ def test_objective_trains_saves_and_samples(flags: list[str], tmp_path: Path, ca
 
     objective = json.loads((out / "objective.json").read_text())
     expected_prediction = flags[flags.index("--prediction_type") + 1]
-    assert objective["prediction_type"] == expected_prediction
     assert objective["timestep_sampler"] == (
         flags[flags.index("--timestep_sampler") + 1] if "--timestep_sampler" in flags else "uniform"
     )
     if "--loss_weighting" in flags:
         assert objective["loss_weighting"] == flags[flags.index("--loss_weighting") + 1]
-    if "--rescale_betas_zero_snr" in flags:
-        assert objective["rescale_betas_zero_snr"] is True
     index = json.loads((out / "model_index.json").read_text())
     scheduler_config = json.loads((out / "scheduler/scheduler_config.json").read_text())
 
@@ -232,7 +230,7 @@ def test_objective_trains_saves_and_samples(flags: list[str], tmp_path: Path, ca
     if "--learn_variance" in flags:
         assert pipeline.unet.config.out_channels == 2 * pipeline.unet.config.in_channels == 2
         assert scheduler_config["variance_type"] == "learned_range"
-        assert objective["variance_type"] == "learned_range" and objective["loss_type"] == "hybrid"
+        assert objective["loss_type"] == "hybrid"
     else:
         assert pipeline.unet.config.out_channels == 1
         assert scheduler_config["variance_type"] != "learned_range"

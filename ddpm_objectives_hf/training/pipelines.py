@@ -1,47 +1,39 @@
 """Save a trained model as a diffusers pipeline that plain diffusers loads, and load it back with its objective.
 
 ε, x0 and v models (fixed or `learned_range` variance) are saved with diffusers' own `UNet2DModel` and
-`DDPMScheduler`, so ``DiffusionPipeline.from_pretrained`` samples without this package; the training objective is
-kept in ``objective.json`` (and the model card). μ̃ (`mean`) models need the plugin scheduler and save it.
+`DDPMScheduler`, so ``DiffusionPipeline.from_pretrained`` samples without this package; the rest of the training
+objective, the options `DDPMScheduler` does not have (``DDPMObjectiveScheduler.objective_option_names()``: loss
+type, weighting and its parameters, ...), is kept in ``objective.json`` beside it, with the run's extra information
+(and in the model card). μ̃ (`mean`) models need the plugin scheduler and save it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ..errors import PipelineError
-from ..scheduling_ddpm_objective import DDPMObjectiveScheduler
+from ..scheduling_ddpm_objective import VARIANCE_TYPES, DDPMObjectiveScheduler
 
 OBJECTIVE_FILE = "objective.json"
-OBJECTIVE_KEYS = (
-    "prediction_type",
-    "variance_type",
-    "loss_type",
-    "loss_weighting",
-    "snr_gamma",
-    "p2_k",
-    "p2_gamma",
-    "sigma_data",
-    "sigmoid_bias",
-    "hybrid_lambda",
-    "num_train_timesteps",
-    "beta_schedule",
-    "beta_start",
-    "beta_end",
-    "rescale_betas_zero_snr",
-)
 
 
 def objective_config(scheduler: DDPMObjectiveScheduler) -> dict:
-    """The objective part of a scheduler's config (what the model card and ``objective.json`` record)."""
-    return {k: scheduler.config[k] for k in OBJECTIVE_KEYS}
+    """The whole objective of a scheduler, what the model card describes: every option of its ``__init__`` with its
+    value (diffusers' forward process, target and variance, and this package's loss type, weighting and its
+    parameters)."""
+    return {k: scheduler.config[k] for k in type(scheduler).option_names() if k in scheduler.config}
+
+
+def saved_objective(scheduler: DDPMObjectiveScheduler) -> dict:
+    """What ``objective.json`` keeps beside a pipeline: the options `DDPMScheduler` does not have
+    (``objective_option_names()``); the others are in ``scheduler/scheduler_config.json``."""
+    return {k: scheduler.config[k] for k in type(scheduler).objective_option_names()}
 
 
 def needs_plugin_scheduler(scheduler: DDPMObjectiveScheduler) -> bool:
@@ -64,35 +56,48 @@ def save_pipeline(
 ) -> Path:
     """Write ``model_index.json``, ``unet/`` (safetensors), ``scheduler/`` and ``objective.json`` into ``output_dir``.
 
-    The pipeline is written to a temporary folder beside ``output_dir`` first and then moved in, so an interrupted
-    save never leaves a half-written pipeline. Non-finite weights are refused.
+    The pipeline is written to a ``.pipeline-*`` folder inside ``output_dir`` first and then swapped in
+    (:func:`~ddpm_objectives_hf.training.checkpointing.staged_outputs`), so an error leaves ``output_dir`` as it was.
+    Non-finite weights are refused (:class:`PipelineError`).
     """
+    from .checkpointing import staged_outputs
+
     for name, param in unet.named_parameters():
         if not torch.isfinite(param).all():
-            raise ValueError(f"refusing to save non-finite weights ({name} has NaN or inf)")
+            raise PipelineError(f"refusing to save non-finite weights ({name} has NaN or inf)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pipeline = DDPMPipeline(unet=unet, scheduler=sampling_scheduler(scheduler))
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".pipeline-") as tmp:
+    with staged_outputs(output_dir, name=f".pipeline-{uuid.uuid4().hex[:8]}") as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
-        objective = {**objective_config(scheduler), **(extra or {})}
+        objective = {**saved_objective(scheduler), **(extra or {})}
         objective["plugin_scheduler"] = needs_plugin_scheduler(scheduler)
-        (Path(tmp) / OBJECTIVE_FILE).write_text(json.dumps(objective, indent=2, default=str) + "\n")
-        for item in sorted(Path(tmp).iterdir()):
-            target = output_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
+        (tmp / OBJECTIVE_FILE).write_text(json.dumps(objective, indent=2, default=str) + "\n")
     return output_dir
 
 
 def load_for_evaluation(
-    model_dir: str, device: str | torch.device = "cpu"
+    model_dir: str,
+    device: str | torch.device = "cpu",
+    scheduler_class: type[DDPMObjectiveScheduler] = DDPMObjectiveScheduler,
 ) -> tuple[UNet2DModel, DDPMObjectiveScheduler, dict]:
     """Load a saved pipeline (local folder or Hub id) as ``(unet, objective scheduler, objective)``.
 
-    The objective comes from ``objective.json`` when present, else from the scheduler config (a pipeline trained
-    elsewhere is evaluated with its own target and variance, and the default loss options).
+    The scheduler is ``scheduler_class`` rebuilt from the saved scheduler config and ``objective.json`` (which
+    wins; its keys that ``scheduler_class.__init__`` does not take are the run's extra information). A pipeline
+    trained elsewhere has no ``objective.json``: it is evaluated with its own target and variance and the default
+    loss options (a variance diffusers has and this package not is `fixed_small`; a `learned_range` variance gets
+    the loss of :meth:`~DDPMObjectiveScheduler.with_learned_variance`).
+
+    Args:
+        model_dir (`str`): a pipeline folder or Hub model id.
+        device (`str` or `torch.device`): where the UNet goes.
+        scheduler_class (`type`, defaults to `DDPMObjectiveScheduler`): the scheduler to rebuild (a subclass that
+            adds options reads them from ``objective.json``).
+
+    Returns:
+        ``(unet, scheduler, objective)``: ``objective`` is :func:`objective_config` of the scheduler plus the extra
+        information of ``objective.json`` (``timestep_sampler``, ``dataset``, ``train_steps``, ...).
     """
     from diffusers import DiffusionPipeline
 
@@ -127,11 +132,13 @@ def load_for_evaluation(
             objective_path = None
     if objective_path is not None and objective_path.is_file():
         objective = json.loads(objective_path.read_text())
-    config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
-    config.update({k: objective[k] for k in OBJECTIVE_KEYS if k in objective})
-    if config.get("variance_type") not in ("fixed_small", "fixed_large", "learned_range"):
+    names = scheduler_class.option_names()
+    config = {k: v for k, v in scheduler.config.items() if k in names}
+    config.update({k: v for k, v in objective.items() if k in names})
+    if config.get("variance_type") not in VARIANCE_TYPES:
         config["variance_type"] = "fixed_small"
-    if config["variance_type"] == "learned_range" and config.get("loss_type", "mse") == "mse":
-        config["loss_type"] = "hybrid"
-    objective_scheduler = DDPMObjectiveScheduler.from_config(config)
-    return unet.to(device).eval(), objective_scheduler, objective
+    if config["variance_type"] == "learned_range":
+        config = scheduler_class.with_learned_variance(config)
+    objective_scheduler = scheduler_class.from_config(config)
+    extra = {k: v for k, v in objective.items() if k not in names}
+    return unet.to(device).eval(), objective_scheduler, {**objective_config(objective_scheduler), **extra}
