@@ -21,7 +21,13 @@ from ddpm_objectives_hf.evaluation.features import (
     classifier_view,
     load_digits_classifier,
 )
-from ddpm_objectives_hf.evaluation.fid import FeatureNetworkError, compute_fid, frechet_distance, make_fid_metric
+from ddpm_objectives_hf.evaluation.fid import (
+    FeatureNetworkError,
+    FIDReference,
+    compute_fid,
+    frechet_distance,
+    make_fid_metric,
+)
 from ddpm_objectives_hf.training.data import load_digits_split
 
 
@@ -201,8 +207,21 @@ def test_metric_is_float64_and_keeps_real_statistics(
     assert int(metric.real_features_num_samples) == len(digits["train"])
     metric.update(digits["noise"], real=False)
     assert float(metric.compute()) == pytest.approx(fids["train_vs_noise"], rel=1e-9)
-    reused = compute_fid(digits["train"], digits["shifted"], metric=metric)  # fully reset, real side included
-    assert reused == pytest.approx(fids["train_vs_shifted"], rel=1e-9)
+
+
+def test_reference_features_are_computed_once(
+    trained: tuple, cache_dir: Path, digits: dict[str, torch.Tensor], fids: dict[str, float]
+) -> None:
+    reference = FIDReference(digits["train"], "digits", cache_dir=cache_dir)
+    calls = []
+    network = reference.feature_network
+    network.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    for name in ("shifted", "noise", "test", "shifted"):  # each equal to a fresh metric's value
+        assert reference(digits[name]) == pytest.approx(fids[f"train_vs_{name}"], rel=1e-9), name
+    assert sum(calls) == 4 * len(digits["test"])  # only the generated sets went through the network
+    assert int(reference.metric.real_features_num_samples) == reference.num_real == len(digits["train"])
+    assert isinstance(network, DigitsFeatureExtractor)
+    assert classifier_view(network, digits["test"]) == classifier_view(trained[0], digits["test"])
 
 
 def test_compute_fid_rejects_bad_input(trained: tuple, cache_dir: Path, digits: dict[str, torch.Tensor]) -> None:
@@ -237,3 +256,10 @@ def test_classifier_view(trained: tuple, digits: dict[str, torch.Tensor]) -> Non
     zeros = digits["test"][digits["test_labels"] == 0]
     collapsed = classifier_view(model, zeros)
     assert collapsed["class_entropy_nats"] < 0.2 and np.argmax(collapsed["class_histogram"]) == 0
+
+
+def test_classifier_trains_inside_no_grad() -> None:
+    # make_fid_metric trains the classifier on a cache miss, and may be called under torch.no_grad()
+    with torch.no_grad():
+        model, accuracy = features_mod.train_digits_classifier(seed=1, epochs=1)
+    assert accuracy > 0.5 and not model.training

@@ -16,6 +16,7 @@ from ddpm_objectives_hf.training.plots import (
     plot_elbo_terms,
     plot_loss_curve,
     plot_weighting,
+    sample_grid,
 )
 
 T = 100
@@ -85,3 +86,33 @@ def test_plot_bar(tmp_path):
 def test_normalise_mean_one():
     assert np.allclose(normalise_mean_one([1.0, 2.0, 3.0]).mean(), 1.0)
     assert np.allclose(normalise_mean_one([0.0, 0.0]), 0.0)
+
+
+@pytest.mark.parametrize("n, rows, cols", [(16, 4, 4), (6, 2, 3), (7, 1, 7), (1, 1, 1)])
+def test_sample_grid_layout_and_pixels(n, rows, cols):
+    images = [Image.new("L", (8, 8), 10 * k) for k in range(n)]
+    grid = sample_grid(images, min_side=0)
+    assert grid.mode == "RGB" and grid.size == (8 * cols, 8 * rows)
+    for k in range(n):
+        assert grid.getpixel((8 * (k % cols), 8 * (k // cols))) == (10 * k,) * 3
+
+
+def test_sample_grid_enlarges_small_samples_exactly():
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    grid = sample_grid(images, min_side=128)  # 16×16 grid → ×8
+    assert grid.size == (128, 128)
+    pixels = np.asarray(grid)[..., 0]
+    expected = np.round(images[0, 0].numpy() * 255).astype(np.uint8)
+    np.testing.assert_array_equal(pixels[:64:8, :64:8], expected)
+    assert (pixels[:8, :8] == pixels[0, 0]).all()  # nearest neighbour: each sample pixel is an 8×8 block
+    # A tensor in [0, 1] and the PIL images diffusers makes from it give the same grid.
+    from diffusers.utils import numpy_to_pil
+
+    assert np.array_equal(np.asarray(sample_grid(numpy_to_pil(images.permute(0, 2, 3, 1).numpy()))), np.asarray(grid))
+
+
+def test_sample_grid_max_images_and_empty():
+    images = torch.ones(10, 3, 4, 4)
+    assert sample_grid(images, max_images=4, min_side=0).size == (8, 8)
+    with pytest.raises(ValueError, match="at least one"):
+        sample_grid([])

@@ -12,15 +12,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..training.checkpointing import atomic_write as _atomic_write
 from ..training.data import load_digits_split
 
 __all__ = [
@@ -174,7 +173,8 @@ def train_digits_classifier(
     x_train, y_train = _digits_tensor("train")
     x_test, y_test = _digits_tensor("test")
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # enable_grad: callers may be inside torch.no_grad() (e.g. building an FID metric)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
         torch.manual_seed(seed)
         model = DigitsClassifier().to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -203,19 +203,6 @@ def _cache_paths(cache_dir: str | os.PathLike | None, seed: int) -> tuple[Path, 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stem = f"digits_classifier_v{CLASSIFIER_VERSION}_seed{seed}"
     return root / f"{stem}.safetensors", root / f"{stem}.json"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _weights_fingerprint(model: nn.Module) -> str:

@@ -31,6 +31,7 @@ from .features import DigitsFeatureExtractor, load_digits_classifier
 
 __all__ = [
     "FID_FEATURES",
+    "FIDReference",
     "FeatureNetworkError",
     "Float64FrechetInceptionDistance",
     "compute_fid",
@@ -225,7 +226,77 @@ def _as_images01(images: Tensor, name: str) -> Tensor:
     return images
 
 
-@torch.no_grad()
+class FIDReference:
+    """FID of generated image sets against one reference set, whose features are computed once.
+
+    Holds one metric from [`make_fid_metric`] (built with `reset_real_features=False`) fed with the reference
+    images; each call resets it — torchmetrics' documented reuse: `reset()` then clears only the generated
+    statistics — and scores one generated set, so scoring several sets costs one pass over the reference images.
+
+    Args:
+        real_images01: Reference images `[N, C, H, W]`, float in [0, 1] (uint8 0…255 also accepted).
+        feature: `"digits"`, `"inception"` or `"auto"` (see [`make_fid_metric`]).
+        batch_size: Images per forward pass of the feature network.
+        device: Device for the feature network.
+        cache_dir: Digits classifier cache folder.
+        seed: Digits classifier seed.
+        inception_weights: Explicit path of torch-fidelity's Inception weights.
+
+    Attributes:
+        metric: The torchmetrics metric.
+        info: What [`make_fid_metric`] says about the feature network.
+        num_real: The number of reference images.
+    """
+
+    def __init__(
+        self,
+        real_images01: Tensor,
+        feature: FeatureName = "digits",
+        batch_size: int = 256,
+        *,
+        device: str | torch.device = "cpu",
+        cache_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        inception_weights: str | os.PathLike | None = None,
+    ) -> None:
+        real = _as_images01(real_images01, "real_images01")
+        self.metric, self.info = make_fid_metric(
+            feature, device=device, cache_dir=cache_dir, seed=seed, inception_weights=inception_weights
+        )
+        self.batch_size = batch_size
+        self.num_real = len(real)
+        self._update(real, real=True)
+
+    @property
+    def feature_network(self) -> torch.nn.Module:
+        """The feature network (for digits a [`DigitsFeatureExtractor`], which `classifier_view` also takes)."""
+        return self.metric.inception
+
+    @torch.no_grad()
+    def _update(self, images: Tensor, real: bool) -> None:
+        for i in range(0, len(images), self.batch_size):
+            self.metric.update(images[i : i + self.batch_size], real=real)
+
+    @torch.no_grad()
+    def __call__(self, fake_images01: Tensor) -> float:
+        """FID between the reference set and `fake_images01` (`[M, C, H, W]`, same convention), computed in float64.
+
+        With fewer images than feature dimensions (128 for digits) the estimate is strongly biased upward and a
+        warning is issued. Use the same M when comparing models.
+        """
+        fake = _as_images01(fake_images01, "fake_images01")
+        num_features = self.info["num_features"]
+        if min(self.num_real, len(fake)) < num_features:
+            warnings.warn(
+                f"FID with {self.num_real} real / {len(fake)} generated images and {num_features} features is "
+                "strongly biased; use more images than feature dimensions",
+                stacklevel=2,
+            )
+        self.metric.reset()  # the generated statistics only (reset_real_features=False)
+        self._update(fake, real=False)
+        return float(self.metric.compute())
+
+
 def compute_fid(
     real_images01: Tensor,
     fake_images01: Tensor,
@@ -235,9 +306,9 @@ def compute_fid(
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
-    metric: FrechetInceptionDistance | None = None,
 ) -> float:
-    """FID between two image sets (convenience wrapper around `make_fid_metric`).
+    """FID between two image sets, with a fresh metric (see [`FIDReference`] to score several sets against one
+    reference).
 
     Needs at least 2 images per set; with fewer images than feature dimensions (128 for digits) the estimate is
     strongly biased upward and a warning is issued. Use the same N when comparing models.
@@ -245,33 +316,15 @@ def compute_fid(
     Args:
         real_images01: Reference images `[N, C, H, W]`, float in [0, 1] (uint8 0…255 also accepted).
         fake_images01: Generated images `[M, C, H, W]`, same convention.
-        feature: `"digits"`, `"inception"` or `"auto"`; ignored when `metric` is given.
+        feature: `"digits"`, `"inception"` or `"auto"`.
         batch_size: Images per forward pass of the feature network.
         device: Device for the feature network.
         cache_dir: Digits classifier cache folder.
         seed: Digits classifier seed.
-        metric: An existing metric to reuse (it is reset, real statistics included, before use).
 
     Returns:
         FID as a Python float (computed in float64).
     """
-    real = _as_images01(real_images01, "real_images01")
-    fake = _as_images01(fake_images01, "fake_images01")
-    if metric is None:
-        metric, info = make_fid_metric(feature, device=device, cache_dir=cache_dir, seed=seed)
-        num_features = info["num_features"]
-    else:
-        metric.reset()
-        for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
-            setattr(metric, name, torch.zeros_like(getattr(metric, name)))
-        num_features = metric.real_features_sum.shape[0]
-    if min(len(real), len(fake)) < num_features:
-        warnings.warn(
-            f"FID with {len(real)} real / {len(fake)} generated images and {num_features} features is strongly "
-            "biased; use more images than feature dimensions",
-            stacklevel=2,
-        )
-    for images, is_real in ((real, True), (fake, False)):
-        for i in range(0, len(images), batch_size):
-            metric.update(images[i : i + batch_size], real=is_real)
-    return float(metric.compute())
+    _as_images01(fake_images01, "fake_images01")  # fail before building the feature network
+    reference = FIDReference(real_images01, feature, batch_size, device=device, cache_dir=cache_dir, seed=seed)
+    return reference(fake_images01)

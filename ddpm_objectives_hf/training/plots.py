@@ -1,6 +1,7 @@
-"""Figures for model cards and studies: loss weightings over t, training loss, ELBO terms in bits/dim, bar charts.
+"""Figures for model cards and studies: sample grids, loss weightings over t, training loss, ELBO terms in bits/dim,
+bar charts.
 
-Every function draws on a stand-alone `matplotlib.figure.Figure` rendered by the Agg canvas: no pyplot state, no
+Every plot draws on a stand-alone `matplotlib.figure.Figure` rendered by the Agg canvas: no pyplot state, no
 window is ever shown, nothing is left open. Each writes a PNG (creating parent folders) and returns its path.
 """
 
@@ -9,9 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 __all__ = [
     "normalise_mean_one",
@@ -19,6 +24,7 @@ __all__ = [
     "plot_elbo_terms",
     "plot_loss_curve",
     "plot_weighting",
+    "sample_grid",
 ]
 
 _DPI = 120
@@ -70,6 +76,41 @@ def normalise_mean_one(values: Sequence[float] | np.ndarray) -> np.ndarray:
     if not math.isfinite(mean) or mean <= 0:
         return arr
     return arr / mean
+
+
+def sample_grid(
+    images: Sequence[PIL.Image.Image] | Any, *, max_images: int | None = None, min_side: int = 128
+) -> PIL.Image.Image:
+    """A grid of samples with diffusers' `make_image_grid`, enlarged for small images.
+
+    The grid has `rows` = the largest divisor of N that is ≤ √N and `cols` = N / rows (square when N is a square),
+    and is enlarged by the integer factor `max(1, min_side // longer side)` with nearest-neighbour resampling, so
+    that 8×8 samples stay visible and pixel-exact.
+
+    Args:
+        images: PIL images, or a float tensor / array `[N, C, H, W]` in [0, 1] (converted with diffusers'
+            `numpy_to_pil`; values outside [0, 1] are clipped).
+        max_images (`int`, *optional*): Use only the first `max_images` images.
+        min_side (`int`, defaults to 128): The longer side the grid is enlarged towards.
+
+    Returns:
+        The grid as an RGB `PIL.Image.Image`.
+    """
+    from diffusers.utils import make_image_grid, numpy_to_pil
+
+    if not isinstance(images, Sequence):
+        array = images.detach().cpu().float().numpy() if hasattr(images, "detach") else np.asarray(images)
+        images = numpy_to_pil(np.clip(array, 0.0, 1.0).transpose(0, 2, 3, 1))
+    images = list(images)[:max_images]
+    if not images:
+        raise ValueError("sample_grid needs at least one image")
+    n = len(images)
+    rows = math.isqrt(n)
+    while n % rows:
+        rows -= 1
+    grid = make_image_grid(images, rows=rows, cols=n // rows)
+    scale = max(1, min_side // max(grid.size))
+    return grid.resize((grid.width * scale, grid.height * scale), resample=0) if scale > 1 else grid
 
 
 def plot_weighting(
