@@ -31,7 +31,7 @@ PredictionType = Literal["epsilon", "sample", "v_prediction", "mean"]
 PREDICTION_TYPES: dict[str, str] = {
     "epsilon": "The network predicts the noise ε of x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε "
     "([Ho et al. 2020](https://arxiv.org/abs/2006.11239)).",
-    "sample": "The network predicts the clean sample x0.",
+    "sample": "The network predicts the clean sample x0 of x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε.",
     "v_prediction": "The network predicts the velocity v = √ᾱ_t ε − √(1−ᾱ_t) x0 "
     "([Salimans & Ho 2022](https://arxiv.org/abs/2202.00512)).",
     "mean": "The network predicts the posterior mean μ̃_t(x_t, x0) = coef1 · x0 + coef2 · x_t of q(x_{t−1} | x_t, x0).",

@@ -16,7 +16,7 @@ TIMESTEP_SAMPLERS = ("uniform", "stratified", "importance", "logit_normal")
 
 
 class TimestepSampler:
-    """Uniform t ∈ {0, …, T − 1}, weight 1 (the seed notes' ``t ~ Uniform({1, …, T})``)."""
+    """Uniform timesteps: ``t ~ Uniform({0, …, T − 1})`` (the paper's {1, …, T}, zero-based), weight 1."""
 
     def __init__(self, num_timesteps: int):
         if num_timesteps < 1:
@@ -64,7 +64,7 @@ class StratifiedSampler(TimestepSampler):
 
 
 class ImportanceSampler(TimestepSampler):
-    """Loss-second-moment importance sampling ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)).
+    """Loss-second-moment importance sampling: ``p_t ∝ √E[L_t²]``, weight ``1 / (T p_t)`` ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)).
 
     p_t ∝ √E[L_t²] over the last ``history`` losses at each t, mixed with a uniform floor:
     ``p = (1 − floor) p + floor / T``; uniform until every t has ``history`` losses. Each sample is weighted
@@ -153,6 +153,15 @@ class LogitNormalSampler(TimestepSampler):
             return t, torch.ones(batch_size, device=device)
         p = self.probabilities(device)
         return t, (1.0 / (self.num_timesteps * p[t])).float()
+
+
+# The class that `make_timestep_sampler` builds for each name (its docstring describes the sampler on model cards).
+TIMESTEP_SAMPLER_CLASSES: dict[str, type[TimestepSampler]] = {
+    "uniform": TimestepSampler,
+    "stratified": StratifiedSampler,
+    "importance": ImportanceSampler,
+    "logit_normal": LogitNormalSampler,
+}
 
 
 def _gather_padded(accelerator, timesteps: torch.Tensor, losses: torch.Tensor):

@@ -48,13 +48,13 @@ def simple(snr: torch.Tensor) -> torch.Tensor:
 
 @register_weighting("snr")
 def snr_weighting(snr: torch.Tensor) -> torch.Tensor:
-    """``w = SNR`` (x0-units: SNR²)."""
+    """SNR weighting: ``w = SNR`` (x0-units: SNR²)."""
     return snr.clone()
 
 
 @register_weighting("truncated_snr")
 def truncated_snr(snr: torch.Tensor) -> torch.Tensor:
-    """``w = max(1, 1/SNR)``, i.e. ``max(SNR, 1)`` in x0-units ([Salimans & Ho 2022](https://arxiv.org/abs/2202.00512))."""
+    """Truncated SNR: ``w = max(1, 1/SNR)``, i.e. ``max(SNR, 1)`` in x0-units ([Salimans & Ho 2022](https://arxiv.org/abs/2202.00512))."""
     return torch.clamp(1.0 / snr, min=1.0)
 
 
@@ -90,8 +90,11 @@ def debiased(snr: torch.Tensor) -> torch.Tensor:
 
 @register_weighting("sigmoid")
 def sigmoid(snr: torch.Tensor, sigmoid_bias: float, neg_dlogsnr_dt: torch.Tensor) -> torch.Tensor:
-    """Sigmoid weighting ``w(λ) = sigmoid(b − λ)``, applied as ``½ w(λ_t) (−dλ/dt)`` under uniform t
-    ([Kingma & Gao 2023](https://arxiv.org/abs/2303.00848)); ``−dλ/dt`` is the schedule's, on t ∈ (0, 1]."""
+    """Sigmoid weighting of the log-SNR λ = log SNR: ``w = ½ sigmoid(b − λ) (−dλ/dt)`` ([Kingma & Gao 2023](https://arxiv.org/abs/2303.00848)).
+
+    This is the weighting ``sigmoid(b − λ)`` of the paper applied under uniform t; ``−dλ/dt`` is the schedule's, on
+    t ∈ (0, 1].
+    """
     return 0.5 * torch.sigmoid(sigmoid_bias - torch.log(snr)) * neg_dlogsnr_dt
 
 

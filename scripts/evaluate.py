@@ -242,6 +242,10 @@ def evaluate(args: EvalArguments) -> dict:
             report["classifier_view"] = classifier_view(classifier, samples01.to(device))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     logger.info("wrote %s", out_dir / "report.json")
+    from ddpm_objectives_hf.training.model_card import add_evaluation_to_model_card
+
+    if add_evaluation_to_model_card(args.model_dir, report) is not None:
+        logger.info("added the evaluation to %s", Path(args.model_dir) / "README.md")
     return report
 
 

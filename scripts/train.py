@@ -576,7 +576,8 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
     write_model_card(
         output_dir,
         objective={**objective_config(scheduler), "timestep_sampler": obj.timestep_sampler},
-        repo_id=run.hub_model_id,
+        repo_id=run.hub_model_id if run.push_to_hub else None,  # else the snippet loads the folder by its name
+        folder_name=Path(run.output_dir).resolve().name,  # output_dir is the staging folder
         dataset_name=dataset,
         metrics={"final_loss": final_loss},
         images=images,

@@ -1,147 +1,114 @@
 """Model cards (README.md with Hub metadata) for pipelines trained with ddpm-objectives-hf.
 
-The card is rendered offline from the Jinja template `model_cards/diffusion_model_card.md` (installed as
-`ddpm_objectives_hf.model_cards`); nothing here touches the network.
+The card is ``huggingface_hub.ModelCard.from_template`` of the packaged template ``model_cards/diffusion_model_card.md``
+(installed as ``ddpm_objectives_hf.model_cards``); nothing here touches the network. Each choice of the objective is
+described by its own registry entry, so a newly registered choice needs no change here:
+
+- the loss weighting by the first paragraph of its function's docstring (:data:`~ddpm_objectives_hf.weighting.WEIGHTINGS`),
+  with the parameters its signature asks for, valued from the scheduler config;
+- the target, loss type and reverse variance by the texts of
+  :data:`~ddpm_objectives_hf.scheduling_ddpm_objective.PREDICTION_TYPES`, ``LOSS_TYPES`` and ``VARIANCE_TYPES``;
+- the timestep sampler by the first paragraph of its class's docstring
+  (:data:`~ddpm_objectives_hf.timestep_sampling.TIMESTEP_SAMPLER_CLASSES`).
+
+Every user-controlled string is escaped for where it lands: the YAML metadata is dumped by ``ModelCardData``, Markdown
+text goes through :func:`escape_markdown` or :func:`markdown_code`, and the Python snippet gets a ``repr()`` literal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import html
 import importlib.resources
+import inspect
 import math
 import numbers
 import os
 import re
-from collections.abc import Mapping
+import tempfile
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
-import jinja2
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["TEMPLATE_NAME", "describe_objective", "objective_tags", "write_model_card"]
+from ..errors import PipelineError
+from ..scheduling_ddpm_objective import LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
+from ..timestep_sampling import TIMESTEP_SAMPLER_CLASSES
+from ..weighting import WEIGHTINGS, weighting_parameters
+
+__all__ = [
+    "TEMPLATE_NAME",
+    "add_evaluation_to_model_card",
+    "describe_objective",
+    "escape_markdown",
+    "evaluation_results",
+    "markdown_code",
+    "objective_tags",
+    "python_string",
+    "write_model_card",
+]
 
 TEMPLATE_NAME = "diffusion_model_card.md"
 BASE_TAGS = ("diffusers", "unconditional-image-generation", "diffusion", "ddpm-objectives-hf")
-
-# Keys of the objective dict that describe the objective itself (everything else with a scalar value is treated as a
-# parameter of the loss weighting or loss type, e.g. `snr_gamma`, `p2_k`, `vlb_lambda`).
-_CORE_KEYS = {
-    "prediction_type",
-    "loss_type",
-    "loss_weighting",
-    "variance_type",
-    "timestep_sampler",
-    "num_train_timesteps",
-    "beta_schedule",
-    "beta_start",
-    "beta_end",
-    "clip_sample",
-    "weighting_params",
-    "loss_weighting_params",
-}
-
-_TARGETS = {
-    "epsilon": ("the ε target", "the network predicts the noise ε added to x₀ (Ho et al., 2020)"),
-    "sample": ("the x₀ target", "the network predicts the clean image x₀ directly"),
-    "v_prediction": (
-        "the v target",
-        "the network predicts the velocity v = √ᾱ_t·ε − √(1−ᾱ_t)·x₀ (Salimans & Ho, 2022)",
-    ),
-    "mean": ("the μ target", "the network predicts the posterior mean μ̃_t(x_t, x₀) of q(x_{t−1} | x_t, x₀)"),
-}
-_TARGET_ALIASES = {
-    "eps": "epsilon",
-    "noise": "epsilon",
-    "x0": "sample",
-    "x_0": "sample",
-    "x_start": "sample",
-    "v": "v_prediction",
-    "velocity": "v_prediction",
-    "mu": "mean",
-    "posterior_mean": "mean",
-}
-
-_WEIGHTINGS = {  # canonical name -> (short phrase for the summary, long phrase for the details)
-    "uniform": ("uniform weighting", "uniform weighting of the ε-MSE over t (L_simple, Ho et al., 2020)"),
-    "snr": ("SNR weighting", "SNR weighting, w_t = SNR(t) in ε-units"),
-    "truncated_snr": (
-        "truncated-SNR weighting",
-        "truncated-SNR weighting, w_t = max(SNR(t), 1) in x₀-units, i.e. max(1, 1/SNR(t)) in ε-units "
-        "(Salimans & Ho, 2022)",
-    ),
-    "min_snr": (
-        "min-SNR-γ weighting",
-        "min-SNR-γ weighting, w_t = min(SNR(t), γ) in x₀-units, i.e. min(1, γ/SNR(t)) in ε-units (Hang et al., 2023)",
-    ),
-    "soft_min_snr": (
-        "soft-min-SNR weighting",
-        "soft-min-SNR weighting, w_t = γ/(SNR(t) + γ) in ε-units (Crowson et al., 2024)",
-    ),
-    "p2": ("P2 weighting", "P2 weighting, w_t = 1/(k + SNR(t))^γ in ε-units (Choi et al., 2022)"),
-    "edm": ("EDM weighting", "EDM weighting, w_t = 1 + 1/(σ_data²·SNR(t)) in ε-units (Karras et al., 2022)"),
-    "debiased": ("debiased weighting", "debiased-estimation weighting, w_t = 1/√SNR(t) in ε-units (Yu et al., 2024)"),
-    "sigmoid": ("sigmoid weighting", "sigmoid weighting of the log-SNR λ, w = sigmoid(b − λ) (Kingma & Gao, 2023)"),
-    "vlb": (
-        "variational-bound weighting",
-        "the ELBO's own weighting λ_t = β_t²/(2σ_t²α_t(1−ᾱ_t)) (Ho et al., 2020, eq. 12): the true variational bound",
-    ),
-}
-_WEIGHTING_ALIASES = {
-    "simple": "uniform",
-    "none": "uniform",
-    "constant": "uniform",
-    "eps": "uniform",
-    "min_snr_gamma": "min_snr",
-    "minsnr": "min_snr",
-    "max_snr": "truncated_snr",
-    "elbo": "vlb",
-    "kl": "vlb",
-}
-
-_LOSSES = {  # canonical name -> (short phrase for the summary, long phrase for the details)
-    "mse": ("MSE loss", "mean-squared error"),
-    "l2": ("MSE loss", "mean-squared error"),
-    "l1": ("L1 loss", "L1 (mean absolute) error"),
-    "huber": ("Huber loss", "Huber (smooth-L1) error"),
-    "hybrid": ("hybrid L_simple + λ·L_vlb loss", "the hybrid loss L_simple + λ·L_vlb (Nichol & Dhariwal, 2021)"),
-    "vlb": ("full variational-bound loss", "the full variational bound (sum of KL terms, in bits/dim)"),
-    "kl": ("full variational-bound loss", "the full variational bound (sum of KL terms, in bits/dim)"),
-    "elbo": ("full variational-bound loss", "the full variational bound (sum of KL terms, in bits/dim)"),
-}
-
-_VARIANCES = {
-    "fixed_small": "fixed reverse variance σ_t² = β̃_t (the posterior variance)",
-    "fixed_large": "fixed reverse variance σ_t² = β_t",
-    "fixed_small_log": "fixed reverse variance σ_t² = β̃_t (the posterior variance)",
-    "fixed_large_log": "fixed reverse variance σ_t² = β_t",
-    "learned": "learned reverse variance σ_t² (predicted by the network)",
-    "learned_range": "learned reverse variance, interpolated between β_t and β̃_t in the log domain (Improved DDPM)",
-}
-
-_SAMPLERS = {
-    "uniform": "t drawn uniformly from {1, …, T}",
-    "stratified": "stratified t: one stratum of {1, …, T} per sample of the global batch (unbiased, lower variance)",
-    "importance": "t importance-sampled ∝ √E[L_t²] from a history of per-timestep losses (Nichol & Dhariwal, 2021)",
-    "loss_aware": "t importance-sampled ∝ √E[L_t²] from a history of per-timestep losses (Nichol & Dhariwal, 2021)",
-    "logit_normal": "t = ⌊T·sigmoid(n)⌋ with n ~ N(μ, σ²), a logit-normal timestep density (Esser et al., 2024)",
-}
-
-_GREEK = {"gamma": "γ", "lambda": "λ", "lam": "λ", "sigma": "σ", "sigma_data": "σ_data", "bias": "b", "rho": "ρ"}
-
-_IMAGE_CAPTIONS = {
-    "samples": "Samples",
-    "sample": "Samples",
-    "weighting": "Effective loss weighting over t",
-    "loss": "Training loss",
-    "elbo": "Variational bound terms over t",
-    "elbo_terms": "Variational bound terms over t",
-}
+TASK_TYPE = "unconditional-image-generation"
+# The embedded scikit-learn digits (train.py's default data set): not a Hub data set.
+_EMBEDDED_DATASET_PREFIX = "sklearn"
+# The markers around the card's "Evaluation" section, which `add_evaluation_to_model_card` replaces.
+_EVALUATION_START = "<!-- ddpm-objectives-hf: evaluation -->"
+_EVALUATION_END = "<!-- ddpm-objectives-hf: end of evaluation -->"
+_NO_DESCRIPTION = "(no description registered)"
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+# Characters with an inline meaning in (GitHub-flavoured, Hub) Markdown: escapes, code, emphasis, links and images,
+# headings' closing #, table cells, strikethrough, math. `<`, `>` and `&` become HTML entities instead.
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]#|~$!])")
 
 
+# ------------------------------------------------------------------------------------------------------ escaping
+def _one_line(value: Any) -> str:
+    """`str(value)` with every line break (``\\n``, ``\\r``, U+2028, ...) turned into a space."""
+    return " ".join(str(value).splitlines())
+
+
+def escape_markdown(value: Any) -> str:
+    """Text that Markdown shows literally, on one line: ``<``, ``>``, ``&`` as HTML entities, Markdown specials escaped.
+
+    Args:
+        value: Any value; its `str()` is escaped.
+
+    Returns:
+        Inline Markdown (for a heading, a table cell, link text) that renders as `str(value)` with line breaks as
+        spaces.
+    """
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(_one_line(value), quote=False))
+
+
+def markdown_code(value: Any) -> str:
+    """A Markdown code span that shows `str(value)` literally (line breaks as spaces), whatever backticks it holds.
+
+    The fence is one backtick longer than the longest run inside; a space pads content that starts or ends with a
+    backtick or a space (CommonMark strips one from each side). Not for table cells (a `|` there ends the cell).
+    """
+    text = _one_line(value) or " "
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.strip() and (text[0] in "` " or text[-1] in "` ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def python_string(value: str) -> str:
+    """A Python string literal of `value` (``repr``, in double quotes where that needs no escape)."""
+    literal = repr(str(value))
+    if literal.startswith("'") and '"' not in value:
+        literal = f'"{literal[1:-1]}"'
+    return literal
+
+
+# ------------------------------------------------------------------------------------------------------ values
 def _slug(value: Any) -> str:
-    """Tag-friendly form of a value: lower case, `_`/spaces → `-`."""
+    """Tag-friendly form of a value: lower case, runs of other characters → `-`."""
     return re.sub(r"[^a-z0-9.]+", "-", str(value).lower()).strip("-")
 
 
@@ -167,128 +134,84 @@ def _plain(value: Any) -> Any:
 def _fmt(value: Any) -> str:
     """Short human-readable form of a value for tables and sentences."""
     value = _plain(value)
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.4g}"
-        return f"{value:.6g}"
-    if isinstance(value, (list, dict)):
-        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5) else f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
 
 
-def _canonical(value: Any, aliases: Mapping[str, str]) -> str | None:
-    if value is None:
+def _first_paragraph(doc: str | None) -> str | None:
+    """The first paragraph of a docstring, on one line (the one-sentence description with its formula)."""
+    if not doc or not doc.strip():
         return None
-    key = str(value).strip().lower().replace("-", "_")
-    return aliases.get(key, key)
+    return " ".join(line.strip() for line in inspect.cleandoc(doc).split("\n\n", 1)[0].splitlines())
 
 
-# Config keys (as in DDPMObjectiveScheduler's config) holding the parameters of each weighting / loss type; keys that
-# start with `<name>_` (e.g. `min_snr_gamma`) are recognised too.
-_WEIGHTING_PARAM_KEYS = {
-    "min_snr": ("snr_gamma",),
-    "soft_min_snr": ("snr_gamma",),
-    "p2": ("p2_k", "p2_gamma"),
-    "edm": ("sigma_data",),
-    "sigmoid": ("sigmoid_bias",),
-}
-_LOSS_PARAM_KEYS = {"hybrid": ("hybrid_lambda", "vlb_lambda", "lambda_vlb")}
+# ------------------------------------------------------------------------------------------------------ objective
+def _option(key: str, value: Any, objective: Mapping[str, Any], parameters: Iterable[str] = ()) -> str:
+    spans = [markdown_code(f"{key}={value}")]
+    spans += [markdown_code(f"{p}={_fmt(objective[p])}") for p in parameters if objective.get(p) is not None]
+    return ", ".join(spans)
 
 
-def _short_name(key: str) -> str:
-    """`snr_gamma` → `gamma`, `p2_k` → `k`, `hybrid_lambda` → `lambda`, `sigma_data` stays."""
-    if key in ("sigma_data", "lambda_vlb"):
-        return {"lambda_vlb": "lambda"}.get(key, key)
-    return key.rsplit("_", 1)[-1]
-
-
-def _params(objective: Mapping[str, Any], owner: str | None, keys: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
-    """Scalar parameters of the weighting/loss `owner` found in the objective dict, keyed by short name."""
-    if not owner:
-        return {}
-    params: dict[str, Any] = {}
-    if keys is _WEIGHTING_PARAM_KEYS:
-        for key in ("weighting_params", "loss_weighting_params"):
-            if isinstance(objective.get(key), Mapping):
-                params.update({str(k): v for k, v in objective[key].items() if v is not None})
-    for key, value in objective.items():
-        if key in _CORE_KEYS or value is None or isinstance(value, bool):
-            continue
-        if not isinstance(_plain(value), (int, float)):
-            continue
-        own = keys.get(owner, ())
-        known_elsewhere = any(key in other for name, other in keys.items() if name != owner)
-        if key in own or (key.startswith(owner + "_") and not known_elsewhere):
-            params.setdefault(_short_name(key), value)
-    return params
-
-
-def _param_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{_GREEK.get(k, k)}={_fmt(v)}" for k, v in params.items())
-
-
-def describe_objective(objective: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """Human-readable description of a training objective.
+def describe_objective(objective: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The card's description of a training objective, one entry per option, from the registries of the code.
 
     Args:
-        objective: The objective dict (prediction_type, loss_type, loss_weighting and its parameters, variance_type,
-            timestep_sampler, num_train_timesteps, beta_schedule).
+        objective: The objective: the scheduler config's `prediction_type`, `loss_type`, `loss_weighting` and its
+            parameters (`snr_gamma`, ...), `variance_type`, `num_train_timesteps`, `beta_schedule`, `beta_start`,
+            `beta_end`, `rescale_betas_zero_snr`, and the `timestep_sampler`.
 
     Returns:
-        `(summary, details)`: one sentence such as "Trained with the v target under min-SNR-γ weighting (γ=5).", and
-        one sentence per option.
+        `{"prediction" | "loss" | "weighting" | "variance" | "sampler" | "schedule": {"option", "text"}}` for the
+        options present: `option` is Markdown code naming the option with its value (and the weighting's or loss's
+        parameters), `text` the registry's Markdown description.
     """
-    prediction = _canonical(objective.get("prediction_type"), _TARGET_ALIASES)
-    weighting = _canonical(objective.get("loss_weighting"), _WEIGHTING_ALIASES)
-    loss = _canonical(objective.get("loss_type"), {})
-    param_text = _param_text(_params(objective, weighting, _WEIGHTING_PARAM_KEYS))
-    loss_param_text = _param_text(_params(objective, loss, _LOSS_PARAM_KEYS))
-
-    target_short, target_long = _TARGETS.get(prediction or "", (f"the {prediction} target", None))
-    weighting_short, weighting_long = _WEIGHTINGS.get(weighting or "", (f"{weighting} weighting",) * 2)
-    loss_short, loss_long = _LOSSES.get(loss or "", (f"{loss} loss", str(loss)))
-    summary = "Trained with " + (target_short if prediction else "the default target")
-    if weighting:
-        summary += f" under {weighting_short}" + (f" ({param_text})" if param_text else "")
-    if loss and loss not in ("mse", "l2"):
-        summary += f", with the {loss_short}" + (f" ({loss_param_text})" if loss_param_text else "")
-    summary += "."
-
-    details: list[str] = []
-    if prediction:
-        details.append(
-            f"**Target** (`prediction_type={objective.get('prediction_type')}`): {target_long or prediction}."
-        )
-    if loss:
-        text = loss_long + (f", with {loss_param_text}" if loss_param_text else "")
-        details.append(f"**Loss** (`loss_type={objective.get('loss_type')}`): {text}.")
-    if weighting:
-        text = weighting_long + (f", with {param_text}" if param_text else "")
-        details.append(f"**Weighting** (`loss_weighting={objective.get('loss_weighting')}`): {text}.")
-    variance = _canonical(objective.get("variance_type"), {})
-    if variance:
-        details.append(
-            f"**Reverse variance** (`variance_type={objective.get('variance_type')}`): "
-            f"{_VARIANCES.get(variance, variance)}."
-        )
-    sampler = _canonical(objective.get("timestep_sampler"), {})
-    if sampler:
-        text = _SAMPLERS.get(sampler, sampler)
-        details.append(f"**Timesteps** (`timestep_sampler={objective.get('timestep_sampler')}`): {text}.")
-    schedule = objective.get("beta_schedule")
-    steps = objective.get("num_train_timesteps")
-    if schedule is not None or steps is not None:
+    items: dict[str, dict[str, str]] = {}
+    for item, key, registry in (
+        ("prediction", "prediction_type", PREDICTION_TYPES),
+        ("loss", "loss_type", LOSS_TYPES),
+        ("variance", "variance_type", VARIANCE_TYPES),
+    ):
+        value = objective.get(key)
+        if value is None:
+            continue
+        # a loss type's parameters are the config options named after it (`hybrid_lambda` for `hybrid`)
+        parameters = sorted(k for k in objective if item == "loss" and k.startswith(f"{value}_"))
+        items[item] = {
+            "option": _option(key, value, objective, parameters),
+            "text": registry.get(value, _NO_DESCRIPTION),
+        }
+    weighting = objective.get("loss_weighting")
+    if weighting is not None:
+        known = weighting in WEIGHTINGS
+        items["weighting"] = {
+            "option": _option(
+                "loss_weighting", weighting, objective, weighting_parameters(weighting) if known else ()
+            ),
+            "text": (_first_paragraph(WEIGHTINGS[weighting].__doc__) if known else None) or _NO_DESCRIPTION,
+        }
+    sampler = objective.get("timestep_sampler")
+    if sampler is not None:
+        cls = TIMESTEP_SAMPLER_CLASSES.get(sampler)
+        items["sampler"] = {
+            "option": _option("timestep_sampler", sampler, objective),
+            "text": (_first_paragraph(cls.__doc__) if cls else None) or _NO_DESCRIPTION,
+        }
+    if objective.get("beta_schedule") is not None or objective.get("num_train_timesteps") is not None:
         parts = []
-        if schedule is not None:
-            parts.append(f"`{schedule}` β schedule")
-        if steps is not None:
-            parts.append(f"T = {_fmt(steps)} diffusion steps")
-        details.append("**Noise schedule**: " + ", ".join(parts) + ".")
-    return summary, details
+        if objective.get("num_train_timesteps") is not None:
+            parts.append(f"T = {_fmt(objective['num_train_timesteps'])} diffusion steps")
+        if objective.get("beta_start") is not None and objective.get("beta_end") is not None:
+            parts.append(f"β from {_fmt(objective['beta_start'])} to {_fmt(objective['beta_end'])}")
+        if objective.get("rescale_betas_zero_snr"):
+            parts.append("rescaled to zero terminal SNR")
+        items["schedule"] = {
+            "option": _option("beta_schedule", objective.get("beta_schedule"), objective),
+            "text": escape_markdown(", ".join(parts) + "."),
+        }
+    return items
 
 
 def objective_tags(objective: Mapping[str, Any]) -> list[str]:
@@ -307,13 +230,12 @@ def objective_tags(objective: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
+# ------------------------------------------------------------------------------------------------------ rendering
 def _is_hub_dataset_id(name: str) -> bool:
     """True for Hub-like ids (`mnist`, `user/data`); False for local paths and the embedded scikit-learn digits."""
     if not name or name.startswith((".", "/", "~")) or "\\" in name or os.path.exists(name):
         return False
-    if name.lower() in ("digits", "sklearn-digits", "sklearn_digits") or name.lower().startswith("sklearn"):
-        return False
-    return bool(_HUB_ID_RE.match(name))
+    return not name.lower().startswith(_EMBEDDED_DATASET_PREFIX) and bool(_HUB_ID_RE.match(name))
 
 
 def _image_rows(images: Mapping[str, str] | None, output_dir: Path) -> list[dict[str, str]]:
@@ -323,17 +245,68 @@ def _image_rows(images: Mapping[str, str] | None, output_dir: Path) -> list[dict
             continue
         path = Path(raw)
         if path.is_absolute():
-            try:
+            with contextlib.suppress(ValueError):
                 path = path.resolve().relative_to(output_dir.resolve())
-            except ValueError:
-                pass
-        caption = _IMAGE_CAPTIONS.get(str(key).lower(), str(key).replace("_", " ").capitalize())
-        rows.append({"caption": caption, "path": path.as_posix()})
+        caption = escape_markdown(str(key).replace("_", " ").capitalize())
+        rows.append({"caption": caption, "path": urllib.parse.quote(path.as_posix())})
     return rows
 
 
 def _table(values: Mapping[str, Any] | None) -> list[dict[str, str]]:
-    return [{"name": str(k), "value": _fmt(v).replace("|", "\\|")} for k, v in (values or {}).items() if v is not None]
+    return [
+        {"name": escape_markdown(k), "value": escape_markdown(_fmt(v))}
+        for k, v in (values or {}).items()
+        if v is not None
+    ]
+
+
+def _eval_rows(results: list[EvalResult] | None) -> list[dict[str, str]]:
+    """The rows of the "Evaluation" table: value ± stderr, the 95% interval, and the other metric arguments."""
+    rows = []
+    for result in results or []:
+        args = dict(result.metric_args or {})
+        stderr, ci95 = args.pop("stderr", None), args.pop("ci95", None)
+        value = _fmt(result.metric_value) + (f" ± {_fmt(stderr)} (stderr)" if stderr is not None else "")
+        settings = [f"{k} = {_fmt(v)}" for k, v in args.items()]
+        rows.append(
+            {
+                "metric": escape_markdown(result.metric_name or result.metric_type),
+                "value": escape_markdown(value),
+                "interval": escape_markdown(_fmt(ci95) if ci95 is not None else ""),
+                "dataset": escape_markdown(result.dataset_name),
+                "split": escape_markdown(result.dataset_split or ""),
+                "settings": escape_markdown(", ".join(settings)),
+            }
+        )
+    return rows
+
+
+def _render(card_data: ModelCardData, **template_kwargs: Any) -> ModelCard:
+    """`ModelCard.from_template` of the packaged template; the "Evaluation" rows come from `card_data.eval_results`."""
+    template = importlib.resources.files("ddpm_objectives_hf.model_cards") / TEMPLATE_NAME
+    with importlib.resources.as_file(template) as template_path:
+        card = ModelCard.from_template(
+            card_data,
+            template_path=str(template_path),
+            eval_rows=_eval_rows(card_data.eval_results),
+            **template_kwargs,
+        )
+    card.text = re.sub(r"\n{3,}", "\n\n", card.text.lstrip("\n"))
+    return card
+
+
+def _save(card: ModelCard, path: Path) -> None:
+    """Write the card to `path` atomically (a temporary file beside it, then `os.replace`)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(str(card))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_model_card(
@@ -341,6 +314,7 @@ def write_model_card(
     *,
     objective: Mapping[str, Any],
     repo_id: str | None = None,
+    folder_name: str | None = None,
     dataset_name: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     images: Mapping[str, str] | None = None,
@@ -352,12 +326,16 @@ def write_model_card(
 
     Args:
         output_dir: The pipeline folder (created if missing).
-        objective: The training objective (prediction_type, loss_type, loss_weighting and its parameters,
-            variance_type, timestep_sampler, num_train_timesteps, beta_schedule); stored under `ddpm_objective`.
-        repo_id: Hub repository id used in the "How to use" snippet; the local path is used when `None`.
+        objective: The training objective (the scheduler config's objective options and the `timestep_sampler`, see
+            [`describe_objective`]); stored under `ddpm_objective`.
+        repo_id: The Hub id the pipeline is pushed to: the title and the "How to use" snippet name it. When `None`
+            the snippet loads the folder by its name (never its absolute path).
+        folder_name: The pipeline folder's name for the snippet when `repo_id` is `None`; defaults to the name of
+            `output_dir` (pass the final name when `output_dir` is a staging folder).
         dataset_name: Training dataset; listed under `datasets` when it looks like a Hub id (not a local path).
-        metrics: Scalar results, e.g. `{"bits_per_dim": 3.7, "final_loss": 0.03}`; stored under `ddpm_metrics`.
-        images: Caption key → image path relative to `output_dir` (e.g. `{"samples": "samples.png"}`).
+        metrics: Scalar results, e.g. `{"final_loss": 0.03}`; stored under `ddpm_metrics`.
+        images: Key → image path relative to `output_dir` (e.g. `{"samples": "samples.png"}`); the key, capitalised
+            with `_` as spaces, is the caption.
         training: Training hyper-parameters for the table (`num_inference_steps` also sets the snippet's value).
         plugin_scheduler: The pipeline's scheduler is the plugin's `DDPMObjectiveScheduler` (μ models): the card says
             that `pip install ddpm-objectives-hf` is needed to load it.
@@ -370,6 +348,8 @@ def write_model_card(
     output_dir.mkdir(parents=True, exist_ok=True)
     objective_plain = {str(k): _plain(v) for k, v in objective.items()}
     metrics_plain = {str(k): _plain(v) for k, v in (metrics or {}).items() if v is not None}
+    training = dict(training or {})
+    model_id = repo_id or folder_name or output_dir.resolve().name
 
     tags = objective_tags(objective_plain)
     if plugin_scheduler:
@@ -378,34 +358,143 @@ def write_model_card(
         library_name="diffusers",
         license=license,
         tags=tags,
-        pipeline_tag="unconditional-image-generation",
+        pipeline_tag=TASK_TYPE,
         datasets=[dataset_name] if dataset_name and _is_hub_dataset_id(dataset_name) else None,
+        model_name=model_id,
         ddpm_objective=objective_plain,
         ddpm_metrics=metrics_plain or None,
     )
-
-    summary, details = describe_objective(objective_plain)
-    training = dict(training or {})
     steps = training.get("num_inference_steps") or objective_plain.get("num_train_timesteps") or 1000
-    title = (repo_id or output_dir.resolve().name).split("/")[-1]
-    template = (importlib.resources.files("ddpm_objectives_hf.model_cards") / TEMPLATE_NAME).read_text(
-        encoding="utf-8"
-    )
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
-    content = env.from_string(template).render(
-        card_data=card_data.to_yaml(),
-        title=title,
-        dataset_name=dataset_name,
+    card = _render(
+        card_data,
+        title=escape_markdown(model_id.split("/")[-1]),
+        dataset=markdown_code(dataset_name) if dataset_name else None,
         plugin_scheduler=plugin_scheduler,
-        objective_summary=summary,
-        objective_details=details,
+        objective=describe_objective(objective_plain),
         images=_image_rows(images, output_dir),
-        metrics=_table(metrics_plain),
-        training=_table(training),
-        model_path=repo_id or output_dir.resolve().as_posix(),
+        metric_rows=_table(metrics_plain),
+        training_rows=_table(training),
+        model_id_literal=python_string(model_id),
+        pushed=repo_id is not None,
         num_inference_steps=int(steps),
     )
-    content = re.sub(r"\n{3,}", "\n\n", content)
-    card = ModelCard(content)
-    card.save(output_dir / "README.md")
+    _save(card, output_dir / "README.md")
+    return card
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
+    """`huggingface_hub.EvalResult`s of a `scripts/evaluate.py` report.
+
+    Bits/dim of the full variational bound and of the fast estimator (`metric_config` `full` / `fast`) carry their
+    standard error and 95% interval in `metric_args` (the full bound's is the normal interval bpd ± 1.96 stderr);
+    FID carries its feature network (`metric_config`), the sampler and its number of steps.
+
+    Args:
+        report: The dict `scripts.evaluate.evaluate` returns.
+
+    Returns:
+        One result per metric present in the report.
+    """
+    data = report.get("data") or {}
+    dataset = str(data.get("dataset") or "unknown")
+    common = {
+        "task_type": TASK_TYPE,
+        "dataset_type": dataset,
+        "dataset_name": dataset,
+        "dataset_split": None if data.get("split") is None else str(data["split"]),
+    }
+    z = NormalDist().inv_cdf(0.975)
+    results = []
+    for key, config, name in (
+        ("bpd_full", "full", "bits/dim (full variational bound)"),
+        ("bpd_fast", "fast", "bits/dim (fast estimate)"),
+    ):
+        if key not in report:
+            continue
+        bpd = _plain(report[key])
+        stderr = bpd.get("stderr")
+        ci95 = bpd.get("ci95") or (None if stderr is None else [bpd["bpd"] - z * stderr, bpd["bpd"] + z * stderr])
+        args = {
+            "stderr": stderr,
+            "ci95": ci95,
+            "num_images": data.get("num_bpd_images"),
+            "network_calls_per_image": bpd.get("network_calls_per_image"),
+            "num_train_timesteps": report.get("num_train_timesteps") if key == "bpd_full" else None,
+        }
+        results.append(
+            EvalResult(
+                metric_type="bits_per_dim",
+                metric_name=name,
+                metric_config=config,
+                metric_value=bpd["bpd"],
+                metric_args={k: _plain(v) for k, v in args.items() if v is not None},
+                **common,
+            )
+        )
+    if "fid" in report:
+        fid, sampling = _plain(report["fid"]), _plain(report.get("sampling") or {})
+        args = {
+            "feature_network": fid.get("feature"),
+            "num_features": fid.get("num_features"),
+            "sampler": sampling.get("sampler"),
+            "num_inference_steps": sampling.get("num_inference_steps"),
+            "num_samples": sampling.get("num_samples"),
+        }
+        results.append(
+            EvalResult(
+                metric_type="fid",
+                metric_name="FID",
+                metric_config=None if fid.get("feature") is None else str(fid["feature"]),
+                metric_value=fid["fid"],
+                metric_args={k: v for k, v in args.items() if v is not None},
+                **common,
+            )
+        )
+    return results
+
+
+def _same_measurement(a: EvalResult, b: EvalResult) -> bool:
+    keys = ("task_type", "dataset_name", "dataset_split", "metric_type", "metric_config")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def add_evaluation_to_model_card(model_dir: str | Path, report: Mapping[str, Any]) -> ModelCard | None:
+    """Add the results of `scripts/evaluate.py` to the model card of a local pipeline folder.
+
+    The results go into the metadata's `model-index` ([`evaluation_results`]) and into the card's "Evaluation"
+    section, re-rendered from the template between its markers (appended when the card has none). A result of an
+    earlier evaluation of the same metric on the same data set and split is replaced, so evaluating twice adds
+    nothing. The card is written atomically.
+
+    Args:
+        model_dir: The pipeline folder.
+        report: The dict `scripts.evaluate.evaluate` returns.
+
+    Returns:
+        The updated card, or `None` when `model_dir` is not a local folder with a README.md (e.g. a Hub id).
+
+    Raises:
+        PipelineError: If the README.md is not a readable model card.
+    """
+    path = Path(model_dir) / "README.md"
+    if not path.is_file():
+        return None
+    try:
+        card = ModelCard.load(path)
+    except Exception as exc:  # the metadata block is not YAML, not a mapping, or a malformed model-index
+        raise PipelineError(f"{path} is not a valid model card: {exc}", parameter="model_dir") from exc
+    new = evaluation_results(report)
+    kept = [old for old in card.data.eval_results or [] if not any(_same_measurement(old, r) for r in new)]
+    card.data.eval_results = kept + new
+    card.data.model_name = card.data.model_name or Path(model_dir).resolve().name
+
+    rendered = _render(card.data).text  # only the "Evaluation" section has its values
+    section = rendered[rendered.index(_EVALUATION_START) : rendered.index(_EVALUATION_END) + len(_EVALUATION_END)]
+    start, end = card.text.find(_EVALUATION_START), card.text.find(_EVALUATION_END)
+    if 0 <= start < end:
+        card.text = card.text[:start] + section + card.text[end + len(_EVALUATION_END) :]
+    else:
+        card.text = card.text.rstrip("\n") + "\n\n" + section + "\n"
+    _save(card, path)
     return card
