@@ -17,7 +17,14 @@ from hub_server import FakeHub, hub_server  # noqa: F401
 from huggingface_hub import HfApi
 from PIL import Image
 
-from ddpm_objectives_hf.training.hub import DEFAULT_COMMIT_MESSAGE, HubError, push_to_hub, resolve_repo_id
+from ddpm_objectives_hf.cli import error_line
+from ddpm_objectives_hf.training.hub import (
+    DEFAULT_COMMIT_MESSAGE,
+    DEFAULT_IGNORE_PATTERNS,
+    HubError,
+    push_to_hub,
+    resolve_repo_id,
+)
 
 TOKEN = "hf_secret_test_token"
 REPO_ID = "test-user/ddpm-objectives-test"
@@ -54,6 +61,14 @@ def make_pipeline_folder(root: Path) -> dict[str, bytes]:
         "checkpoint-10/unet/diffusion_pytorch_model.safetensors": b"\x01" * 64,
         "logs/train/events.out.tfevents.1700000000.host": b"tensorboard",
         "unet/partial.tmp": b"partial write",
+        # leftovers of saves that were killed: staging dot-folders, at the top and deeper
+        ".checkpoint-12.tmp/unet/diffusion_pytorch_model.safetensors": b"\x02" * 32,
+        ".pipeline-3f2a/model_index.json": b"{}",
+        ".staging-final/unet/config.json": b"{}",
+        ".staging/README.md": b"stale",
+        ".tmpk2j4/samples.png": b"stale",
+        "unet/.tmp-weights/diffusion_pytorch_model.safetensors": b"\x03" * 32,
+        "scheduler/.staging1/scheduler_config.json": b"{}",
     }
     for rel, data in {**uploaded, **not_uploaded}.items():
         path = root / rel
@@ -143,7 +158,8 @@ def test_server_error_raises_hub_error(hub_server: FakeHub, pipeline_dir, caplog
         push_to_hub(folder, REPO_ID, token=TOKEN, endpoint=hub_server.endpoint)
 
     message = str(excinfo.value)
-    assert "--push_to_hub" in message and "--hub_model_id" in message
+    assert excinfo.value.parameter == "push_to_hub" and "--" not in message  # the library names parameters
+    assert error_line(excinfo.value).startswith("--push_to_hub: ")  # the command line names the flag
     assert hub_server.endpoint in message and "500" in message
     assert "\n" not in message
     out, err = capfd.readouterr()
@@ -195,7 +211,8 @@ def test_unreachable_endpoint_raises_quickly(pipeline_dir, monkeypatch):
     assert time.monotonic() - start < 20
 
     message = str(excinfo.value)
-    assert endpoint in message and "--push_to_hub" in message
+    assert endpoint in message and excinfo.value.parameter == "push_to_hub"
+    assert error_line(excinfo.value).startswith("--push_to_hub: ")
     _assert_no_token(message, "".join(traceback.format_exception(excinfo.value)))
     assert snapshot(folder) == before
 
@@ -212,22 +229,61 @@ def test_missing_folder_raises_hub_error(tmp_path):
         push_to_hub(tmp_path / "nope", REPO_ID, token=TOKEN, endpoint="http://127.0.0.1:9")
 
 
-def test_resolve_repo_id(hub_server: FakeHub, tmp_path):  # noqa: F811
-    api = HfApi(endpoint=hub_server.endpoint, token=TOKEN)
-    assert resolve_repo_id("org/model", tmp_path / "out", api) == "org/model"
-    assert hub_server.requests == []  # no whoami needed
-    assert resolve_repo_id("model", tmp_path / "out", api) == "test-user/model"
-    assert resolve_repo_id(None, tmp_path / "my run", api) == "test-user/my-run"
-    assert hub_server.paths("GET") == ["/api/whoami-v2", "/api/whoami-v2"]
+def test_resolve_repo_id(tmp_path):
+    assert resolve_repo_id("org/model", tmp_path / "out") == "org/model"
+    assert resolve_repo_id(" model ", tmp_path / "out") == "model"
+    assert resolve_repo_id(None, tmp_path / "my run") == "my-run"
+    assert resolve_repo_id(None, tmp_path / "--a..b--") == "a.b"
 
 
-def test_resolve_repo_id_bad_token(hub_server: FakeHub, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("name", ["model", None])
+def test_bare_name_gets_its_namespace_from_create_repo(hub_server: FakeHub, pipeline_dir, name):  # noqa: F811
+    folder, expected = pipeline_dir
+    repo_id = resolve_repo_id(name, folder)
+    assert "/" not in repo_id
+    url = push_to_hub(folder, repo_id, token=TOKEN, endpoint=hub_server.endpoint)
+    full = f"{hub_server.user}/{repo_id}"
+    assert set(hub_server.repos) == {full} and set(hub_server.repos[full].files) == set(expected)
+    assert url.startswith(f"{hub_server.endpoint}/{full}/commit/")
+    assert "/api/whoami-v2" not in hub_server.paths()  # create_repo's answer has the full id
+    # the repository exists now: create_repo answers 409 with its URL, the second push finds the same repository
+    push_to_hub(folder, repo_id, token=TOKEN, endpoint=hub_server.endpoint, commit_message="again")
+    assert set(hub_server.repos) == {full}
+
+
+def test_bare_name_with_bad_token(hub_server: FakeHub, pipeline_dir):  # noqa: F811
     hub_server.accepted_tokens = {"hf_the_right_one"}
-    api = HfApi(endpoint=hub_server.endpoint, token=TOKEN)
-    with pytest.raises(HubError) as excinfo:
-        resolve_repo_id(None, tmp_path / "out", api)
-    assert hub_server.endpoint in str(excinfo.value)
+    folder, _ = pipeline_dir
+    with pytest.raises(HubError, match="authentication failed") as excinfo:
+        push_to_hub(folder, resolve_repo_id(None, folder), token=TOKEN, endpoint=hub_server.endpoint)
+    assert hub_server.endpoint in str(excinfo.value) and hub_server.repos == {}
     _assert_no_token(str(excinfo.value), "".join(traceback.format_exception(excinfo.value)))
+
+
+@pytest.mark.parametrize(
+    "path, ignored",
+    [
+        (".checkpoint-7.tmp/optimizer.bin", True),
+        (".pipeline-a1b2/unet/config.json", True),
+        (".staging/unet/config.json", True),
+        (".staging-final/model_index.json", True),
+        (".tmp/x", True),
+        (".tmpab12/README.md", True),
+        ("unet/.tmp-1/diffusion_pytorch_model.safetensors", True),
+        ("a/b/.staging2/file", True),
+        ("unet/diffusion_pytorch_model.safetensors", False),
+        ("scheduler/scheduler_config.json", False),
+        ("README.md", False),
+        ("samples.png", False),
+        ("unet/tmp/config.json", False),  # only dot-folders are leftovers
+        ("staging.md", False),
+    ],
+)
+def test_ignore_patterns(path: str, ignored: bool):
+    from huggingface_hub.utils import filter_repo_objects
+
+    kept = list(filter_repo_objects([path], ignore_patterns=list(DEFAULT_IGNORE_PATTERNS)))
+    assert (kept == []) is ignored
 
 
 def test_fake_hub_serves_repo_info_and_files(hub_server: FakeHub, pipeline_dir):  # noqa: F811

@@ -1,8 +1,10 @@
-"""Push a trained pipeline folder to the Hugging Face Hub in one commit (`--push_to_hub`).
+"""Push a trained pipeline folder to the Hugging Face Hub in one commit (`push_to_hub`).
 
 Only the pipeline (model_index.json, unet/, scheduler/), its README.md, images and small JSON files travel; training
-checkpoints (`checkpoint-*`) and logs never do, and the local folder is only read. Every failure (network, HTTP,
-authentication, offline mode, bad repo id) surfaces as a one-line `HubError` that never contains the token.
+checkpoints (`checkpoint-*`), logs and the leftovers of interrupted saves (`.checkpoint-*`, `.pipeline-*`,
+`.staging*`, `.tmp*`) never do, and the local folder is only read. Every failure (network, HTTP, authentication,
+offline mode, bad repo id) surfaces as a one-line `HubError` that names the parameter at fault and never contains
+the token.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from ..errors import HubError
+from .checkpointing import LEFTOVER_PREFIXES
 
 __all__ = ["DEFAULT_IGNORE_PATTERNS", "HubError", "push_to_hub", "resolve_repo_id"]
 
@@ -40,11 +43,12 @@ DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = (
     "**/*.lock",
     ".DS_Store",
     "**/.DS_Store",
+    # dot-folders (and files) left by a save that was killed, at the top or deeper
+    *(pattern for prefix in LEFTOVER_PREFIXES for pattern in (f"{prefix}*", f"**/{prefix}*")),
 )
 
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{6,}\b")
 _REPO_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-_FLAGS = "--push_to_hub/--hub_model_id"
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -55,20 +59,20 @@ def _scrub(text: str, token: str | None) -> str:
     return " ".join(text.split())
 
 
-def _describe_failure(exc: BaseException, *, repo_id: str, endpoint: str, token: str | None) -> str:
-    """Build the one-line HubError message for `exc`."""
+def _describe_failure(exc: BaseException, *, repo_id: str, endpoint: str, token: str | None) -> tuple[str, str]:
+    """The one-line HubError message for `exc`, and the parameter it names."""
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     where = f"{endpoint}/{repo_id}" if repo_id else endpoint
     if isinstance(exc, OfflineModeIsEnabled):
         return (
-            f"{_FLAGS}: cannot push to {where}: Hugging Face offline mode is enabled (HF_HUB_OFFLINE=1); "
-            "unset it to upload."
+            f"cannot push to {where}: Hugging Face offline mode is enabled (HF_HUB_OFFLINE=1); unset it to upload.",
+            "push_to_hub",
         )
     if isinstance(exc, LocalTokenNotFoundError):
         return (
-            f"{_FLAGS}: no Hugging Face token found for {endpoint}; run `hf auth login`, set HF_TOKEN, or pass "
-            "--hub_model_id as 'namespace/name'."
+            f"hub_token: no Hugging Face token found for {endpoint}; run `hf auth login`, set HF_TOKEN, or pass one.",
+            "hub_token",
         )
     if isinstance(exc, HfHubHTTPError):
         response = getattr(exc, "response", None)
@@ -77,23 +81,29 @@ def _describe_failure(exc: BaseException, *, repo_id: str, endpoint: str, token:
         detail = _scrub(detail, token)[:300]
         if status in (401, 403):
             return (
-                f"{_FLAGS}: authentication failed for {where} (HTTP {status}: {detail}); the token is missing, "
-                "invalid or lacks write access to this namespace. Log in with `hf auth login` or check --hub_model_id."
+                f"authentication failed for {where} (HTTP {status}: {detail}); the token is missing, invalid or "
+                "lacks write access to this namespace. Log in with `hf auth login`, or check hub_token and "
+                "hub_model_id.",
+                "push_to_hub",
             )
-        return f"{_FLAGS}: the Hub at {endpoint} answered HTTP {status} for {repo_id or 'the request'}: {detail}"
+        return f"the Hub at {endpoint} answered HTTP {status} for {repo_id or 'the request'}: {detail}", "push_to_hub"
     # httpx errors (connection refused, DNS, timeouts) and anything else, without importing httpx here.
     name = type(exc).__name__
     detail = _scrub(str(exc), token)[:300] or name
     if isinstance(exc, ValueError):
-        return f"{_FLAGS}: invalid repository id {repo_id!r} or upload arguments: {detail}"
+        return f"hub_model_id {repo_id!r} is not a valid repository id or upload argument: {detail}", "hub_model_id"
     if "Connect" in name or "Network" in name or "Timeout" in name or isinstance(exc, OSError):
-        return f"{_FLAGS}: could not reach the Hub at {endpoint} ({name}: {detail}); check the network or HF_ENDPOINT."
-    return f"{_FLAGS}: push to {where} failed ({name}: {detail})"
+        return (
+            f"could not reach the Hub at {endpoint} ({name}: {detail}); check the network, hub_endpoint or "
+            "HF_ENDPOINT.",
+            "push_to_hub",
+        )
+    return f"push to {where} failed ({name}: {detail})", "push_to_hub"
 
 
 def _hub_error(exc: BaseException, *, repo_id: str, endpoint: str, token: str | None) -> HubError:
-    message = _describe_failure(exc, repo_id=repo_id, endpoint=endpoint, token=token)
-    return HubError(_scrub(message, token))
+    message, parameter = _describe_failure(exc, repo_id=repo_id, endpoint=endpoint, token=token)
+    return HubError(_scrub(message, token), parameter=parameter)
 
 
 def push_to_hub(
@@ -110,7 +120,8 @@ def push_to_hub(
 
     Args:
         folder: Local pipeline folder (model_index.json, unet/, scheduler/, README.md, images, objective JSON).
-        repo_id: `namespace/name` of the model repository (see `resolve_repo_id`).
+        repo_id: `namespace/name` of the model repository, or a bare `name`: the Hub's answer to `create_repo`
+            then gives the namespace (the token's user), see `resolve_repo_id`.
         private: Create the repository as private (ignored if it already exists).
         token: Hub token; the locally saved one / `HF_TOKEN` when `None`. Never logged nor put in error messages.
         endpoint: Hub endpoint (e.g. a local test server); `HF_ENDPOINT` / huggingface.co when `None`.
@@ -121,11 +132,12 @@ def push_to_hub(
         The URL of the commit (the repository URL if the server did not return one).
 
     Raises:
-        HubError: On any failure, with a one-line message naming the flags and the endpoint.
+        HubError: On any failure, with a one-line message naming the endpoint; `parameter` is the argument at fault
+            (`push_to_hub` for the upload itself, `hub_model_id`, `hub_token`).
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise HubError(f"{_FLAGS}: the folder to upload does not exist: {folder}")
+        raise HubError(f"the folder to upload does not exist: {folder}", parameter="push_to_hub")
     if not (folder / "model_index.json").is_file():
         logger.warning("%s has no model_index.json: uploading it anyway, but it is not a diffusers pipeline.", folder)
 
@@ -157,28 +169,17 @@ def _sanitize_repo_name(name: str) -> str:
     return name[:96] or "ddpm-objectives-model"
 
 
-def resolve_repo_id(hub_model_id: str | None, output_dir: str | Path, api: HfApi | None = None) -> str:
-    """Full `namespace/name` repository id for `--push_to_hub`.
+def resolve_repo_id(hub_model_id: str | None, output_dir: str | Path) -> str:
+    """The repository id to push to: `hub_model_id`, or a valid name made from the output folder's name.
+
+    No request is made: a bare `name` (no namespace) is created by [`push_to_hub`] in the token's namespace, and the
+    Hub's answer to `create_repo` gives the full `namespace/name`.
 
     Args:
-        hub_model_id: `--hub_model_id`: `namespace/name`, a bare `name` (prefixed with the token's user name), or
-            `None` (the output folder's name is used).
+        hub_model_id: `namespace/name`, a bare `name`, or `None` (the output folder's name is used).
         output_dir: The training output folder.
-        api: `HfApi` used for `whoami` when a namespace is needed.
 
     Returns:
-        The repository id.
-
-    Raises:
-        HubError: If the user name cannot be obtained (no token, network, invalid token).
+        `namespace/name` or a bare `name`.
     """
-    name = hub_model_id.strip() if hub_model_id else _sanitize_repo_name(Path(output_dir).resolve().name)
-    if "/" in name:
-        return name
-    api = api if api is not None else HfApi()
-    try:
-        user = api.whoami()["name"]
-    except Exception as exc:
-        token = api.token if isinstance(api.token, str) else None
-        raise _hub_error(exc, repo_id=name, endpoint=api.endpoint.rstrip("/"), token=token) from exc
-    return f"{user}/{name}"
+    return hub_model_id.strip() if hub_model_id else _sanitize_repo_name(Path(output_dir).resolve().name)
