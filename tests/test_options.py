@@ -194,7 +194,7 @@ def test_new_weighting_parameter_is_one_keyword(tilted_registered, tmp_path: Pat
 
 def test_readme_objective_flags_exist_with_todays_defaults():
     readme = (ROOT / "README.md").read_text()
-    listed = re.search(r"\*\*Objective\*\* \((.*?)\):", readme, re.S)
+    listed = re.search(r"\*\*Objective\*\* \((.*?)\)[.:]", readme, re.S)
     assert listed, "README has no **Objective** (...) flag list"
     flags = re.findall(r"`--(\w+)`", listed.group(1))
     assert set(TODAY) <= set(flags)
@@ -303,3 +303,12 @@ def test_bad_value_names_the_parameter(argv: list[str], parameter: str, tilted_r
 def test_beta_range_is_not_checked_where_the_schedule_ignores_it():
     scheduler = build_scheduler(_parse(["--beta_schedule", "squaredcos_cap_v2", "--beta_start", "0"]))
     assert scheduler.config.beta_schedule == "squaredcos_cap_v2"
+
+
+@pytest.mark.parametrize("prediction_type", typing.get_args(PredictionType))
+def test_plugin_scheduler_exactly_where_diffusers_lacks_the_value(prediction_type: str):
+    from ddpm_objectives_hf.training.pipelines import needs_plugin_scheduler
+
+    diffusers_targets = typing.get_args(typing.get_type_hints(DDPMScheduler.__init__)["prediction_type"])
+    scheduler = DDPMObjectiveScheduler(num_train_timesteps=20, prediction_type=prediction_type)
+    assert needs_plugin_scheduler(scheduler) is (prediction_type not in diffusers_targets)

@@ -13,6 +13,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -37,8 +38,13 @@ def saved_objective(scheduler: DDPMObjectiveScheduler) -> dict:
 
 
 def needs_plugin_scheduler(scheduler: DDPMObjectiveScheduler) -> bool:
-    """Only μ̃ models need the plugin scheduler to sample; diffusers' `DDPMScheduler` handles ε, x0 and v."""
-    return scheduler.config.prediction_type == "mean"
+    """Whether diffusers' `DDPMScheduler` cannot sample the model: an option it shares takes a value outside its
+    ``Literal`` (the μ̃ target, ``prediction_type="mean"``); it samples ε, x0 and v models."""
+    hints = get_type_hints(DDPMScheduler.__init__)
+    return any(
+        get_origin(hint) is Literal and name in scheduler.config and scheduler.config[name] not in get_args(hint)
+        for name, hint in hints.items()
+    )
 
 
 def sampling_scheduler(scheduler: DDPMObjectiveScheduler) -> DDPMScheduler:
