@@ -43,9 +43,6 @@ class TimestepSampler:
         pass
 
 
-UniformSampler = TimestepSampler
-
-
 class StratifiedSampler(TimestepSampler):
     """One stratum of [0, 1) per sample of the global batch (``batch_size × num_processes`` strata), so each
     process covers its own strata; t = ⌊T (i + u) / (B P)⌋ with u ~ U[0, 1). Unbiased with weight 1."""

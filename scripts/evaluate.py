@@ -95,11 +95,10 @@ def load_images(args: EvalArguments, channels: int, resolution: int) -> torch.Te
 
 def evaluate(args: EvalArguments) -> dict:
     from diffusers import DDPMPipeline
-    from diffusers.utils import make_image_grid
 
     from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
     from ddpm_objectives_hf.training.pipelines import load_for_evaluation, sampling_scheduler
-    from ddpm_objectives_hf.training.plots import plot_elbo_terms
+    from ddpm_objectives_hf.training.plots import plot_elbo_terms, sample_grid
 
     device = torch.device(args.device)
     out_dir = Path(args.output_dir or Path(args.model_dir) / "eval")
@@ -212,14 +211,7 @@ def evaluate(args: EvalArguments) -> dict:
         ).images
         samples.append(torch.from_numpy(images_np).permute(0, 3, 1, 2))
     samples01 = torch.cat(samples).float().clamp(0, 1)
-    grid_n = min(64, len(samples01))
-    pil = DDPMPipeline.numpy_to_pil(samples01[:grid_n].permute(0, 2, 3, 1).numpy())
-    cols = int(math.sqrt(grid_n))
-    while grid_n % cols:
-        cols -= 1
-    grid = make_image_grid(pil, rows=grid_n // cols, cols=cols)
-    scale = max(1, 256 // max(grid.size))
-    grid.resize((grid.width * scale, grid.height * scale), resample=0).save(out_dir / "samples.png")
+    sample_grid(samples01, max_images=64, min_side=256).save(out_dir / "samples.png")
     report["sampling"] = {
         "sampler": type(pipeline.scheduler).__name__,
         "num_inference_steps": args.num_inference_steps,
@@ -230,16 +222,15 @@ def evaluate(args: EvalArguments) -> dict:
 
     # 4. FID (pluggable features) and the digits classifier's view of the samples
     if args.fid_features != "none":
-        from ddpm_objectives_hf.evaluation.fid import compute_fid, make_fid_metric
+        from ddpm_objectives_hf.evaluation.fid import FIDReference
 
-        metric, info = make_fid_metric(args.fid_features, device=device)
-        real01 = (all_images.float() + 1) / 2
-        report["fid"] = {"fid": compute_fid(real01, samples01.to(device), metric=metric), **info}
-        if info.get("feature") == "digits" and channels == 1:
-            from ddpm_objectives_hf.evaluation.features import classifier_view, load_digits_classifier
+        reference = FIDReference((all_images.float() + 1) / 2, args.fid_features, device=device)
+        report["fid"] = {"fid": reference(samples01.to(device)), **reference.info}
+        if reference.info["feature"] == "digits" and channels == 1:
+            from ddpm_objectives_hf.evaluation.features import classifier_view
 
-            classifier, _ = load_digits_classifier(device=device)
-            report["classifier_view"] = classifier_view(classifier, samples01.to(device))
+            # the FID's feature network is the digits classifier: loaded once, for both
+            report["classifier_view"] = classifier_view(reference.feature_network, samples01.to(device))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     logger.info("wrote %s", out_dir / "report.json")
     from ddpm_objectives_hf.training.model_card import add_evaluation_to_model_card

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -227,7 +226,7 @@ class DataStream:
         else:
             transform = OnTheFlyTransform(column, resolution, self.channels, random_flip=data_args.random_flip)
             loader = torch.utils.data.DataLoader(
-                dataset.with_transform(transform),
+                transform.apply_to(dataset),
                 batch_size=self.batch_size,
                 shuffle=True,
                 drop_last=True,
@@ -250,9 +249,9 @@ class DataStream:
                 self._iterator = iter(loader)
             return next(self._iterator)["pixel_values"]
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            order = torch.randperm(self.num_images, generator=g)
-            self._order = order[self.accelerator.process_index :: self.accelerator.num_processes].to(self.data.device)
+            self._order = self.data.epoch_order(
+                epoch, self.seed, self.accelerator.process_index, self.accelerator.num_processes
+            )
             self._epoch = epoch
         indices = self._order[position * self.batch_size : (position + 1) * self.batch_size]
         return self.data.batch(indices, random_flip=self.random_flip, generator=self.generator)
@@ -297,7 +296,8 @@ def check_output_dir(run: RunArguments) -> None:
 def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, seed: int, device):
     """A grid of samples from the model with the objective's own scheduler (diffusers' DDPMPipeline)."""
     from diffusers import DDPMPipeline
-    from diffusers.utils import make_image_grid
+
+    from ddpm_objectives_hf.training.plots import sample_grid
 
     pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipeline.set_progress_bar_config(desc="sampling", leave=False)
@@ -305,12 +305,7 @@ def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, se
     images = pipeline(
         batch_size=num_images, generator=generator, num_inference_steps=num_inference_steps, output_type="pil"
     ).images
-    rows = int(math.sqrt(num_images))
-    while num_images % rows:
-        rows -= 1
-    grid = make_image_grid(images, rows=rows, cols=num_images // rows)
-    scale = max(1, 128 // max(grid.size))
-    return grid.resize((grid.width * scale, grid.height * scale), resample=0) if scale > 1 else grid
+    return sample_grid(images, min_side=128)
 
 
 def _adamw_implementation(device: torch.device) -> dict:
@@ -596,12 +591,9 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
 
 
 def _push(run: RunArguments, output_dir: Path) -> None:
-    from huggingface_hub import HfApi
-
     from ddpm_objectives_hf.training.hub import push_to_hub, resolve_repo_id
 
-    api = HfApi(endpoint=run.hub_endpoint, token=run.hub_token)
-    repo_id = resolve_repo_id(run.hub_model_id, str(output_dir), api)
+    repo_id = resolve_repo_id(run.hub_model_id, str(output_dir))  # a bare name gets its namespace from the Hub
     url = push_to_hub(
         output_dir, repo_id, private=run.hub_private_repo, token=run.hub_token, endpoint=run.hub_endpoint
     )

@@ -107,15 +107,16 @@ def load_for_evaluation(
     """
     from diffusers import DiffusionPipeline
 
-    local = Path(model_dir)
-    if local.exists():
-        if not (local / "model_index.json").is_file():
-            raise PipelineError(
-                f"MODEL_DIR {model_dir!r} is not a diffusers pipeline folder (no model_index.json); "
-                "pass the --output_dir of a training run or a Hub model id"
-            )
+    from .data import local_path
+
+    local = local_path(model_dir)  # None: a Hub id
+    if local is not None and not (local / "model_index.json").is_file():
+        raise PipelineError(
+            f"MODEL_DIR {model_dir!r} is not a diffusers pipeline folder (no model_index.json); "
+            "pass the --output_dir of a training run or a Hub model id"
+        )
     try:
-        pipeline = DiffusionPipeline.from_pretrained(model_dir)
+        pipeline = DiffusionPipeline.from_pretrained(str(local) if local is not None else model_dir)
     except (OSError, ValueError) as err:
         raise PipelineError(
             f"MODEL_DIR {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
@@ -128,7 +129,7 @@ def load_for_evaluation(
             f"{type(scheduler).__name__}; evaluation needs a UNet2DModel with a DDPM scheduler"
         )
     objective = {}
-    objective_path = local / OBJECTIVE_FILE if local.exists() else None
+    objective_path = local / OBJECTIVE_FILE if local is not None else None
     if objective_path is None:
         try:
             from huggingface_hub import hf_hub_download
