@@ -4,8 +4,9 @@
 * baseline: a faithful, condensed copy of the hot loop of diffusers'
   ``examples/unconditional_image_generation/train_unconditional.py``: a `datasets` dataset with ``set_transform``
   doing the per-image PIL work of its torchvision pipeline (``convert("RGB")``, Resize, CenterCrop,
-  RandomHorizontalFlip, ToTensor, Normalize — written with PIL + numpy, as torchvision is not a dependency), a torch
-  ``DataLoader`` (``num_workers=0``, shuffle), ``accelerate.Accelerator``, ``EMAModel`` (diffusers' default
+  RandomHorizontalFlip, ToTensor, Normalize — ``OnTheFlyTransform`` of ``ddpm_objectives_hf.training.data``, the same
+  preprocessing with PIL + torch, as torchvision is not a dependency), a torch ``DataLoader`` (``num_workers=0``,
+  shuffle), ``accelerate.Accelerator``, ``EMAModel`` (diffusers' default
   ``foreach=False``), ``torch.optim.AdamW`` (torch's default implementation choice), ``noise_scheduler.add_noise``,
   ``F.mse_loss``, ``accelerator.backward``, ``clip_grad_norm_``, the LR scheduler step and
   ``loss.detach().item()`` + progress bar + ``accelerator.log`` every step;
@@ -42,11 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # train_unconditional.py's defaults, used by both loops
 HYPER = {
@@ -65,42 +63,6 @@ HYPER = {
 
 
 # ---------------------------------------------------------------------------------------------------- baseline
-class Augmentations:
-    """torchvision's ``Compose([Resize(r, BILINEAR), CenterCrop(r), RandomHorizontalFlip(), ToTensor(),
-    Normalize([0.5], [0.5])])`` on one PIL image, with PIL + numpy (the same work per image)."""
-
-    def __init__(self, resolution: int, random_flip: bool):
-        self.resolution = resolution
-        self.random_flip = random_flip
-
-    def __call__(self, image):
-        from PIL import Image
-
-        r = self.resolution
-        # Resize: the shorter side to r, bilinear (PIL antialiases, as torchvision's PIL path)
-        w, h = image.size
-        if (w, h) != (r, r) and min(w, h) != r:
-            size = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        # CenterCrop
-        w, h = image.size
-        left, top = int(round((w - r) / 2.0)), int(round((h - r) / 2.0))
-        image = image.crop((left, top, left + r, top + r))
-        # RandomHorizontalFlip (torch's global RNG, as torchvision)
-        if self.random_flip and torch.rand(1) < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        # ToTensor
-        array = np.array(image, np.uint8, copy=True)
-        x = torch.from_numpy(array).view(image.size[1], image.size[0], len(image.getbands()))
-        x = x.permute((2, 0, 1)).contiguous().to(dtype=torch.get_default_dtype()).div(255)
-        # Normalize([0.5], [0.5])
-        mean = torch.as_tensor([0.5], dtype=x.dtype)
-        std = torch.as_tensor([0.5], dtype=x.dtype)
-        if (std == 0).any():
-            raise ValueError("std evaluated to zero")
-        return x.sub(mean.view(-1, 1, 1)).div(std.view(-1, 1, 1))
-
-
 def run_baseline(args, seed: int) -> dict:
     """train_unconditional.py's loop, condensed; returns the per-window (images, seconds)."""
     from accelerate import Accelerator
@@ -110,7 +72,7 @@ def run_baseline(args, seed: int) -> dict:
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from ddpm_objectives_hf.training.data import digits_dataset
+    from ddpm_objectives_hf.training.data import OnTheFlyTransform, digits_dataset
     from scripts.train import ModelArguments, build_unet
 
     out = tempfile.mkdtemp(prefix="bench-baseline-")
@@ -148,14 +110,11 @@ def run_baseline(args, seed: int) -> dict:
         eps=HYPER["adam_epsilon"],
     )
     dataset = digits_dataset("train")
-    augmentations = Augmentations(args.resolution, args.random_flip)
-    mode = "RGB" if args.channels == 3 else "L"
-
-    def transform_images(examples):
-        images = [augmentations(image.convert(mode)) for image in examples["image"]]
-        return {"input": images}
-
-    dataset.set_transform(transform_images)
+    # datasets decodes the images, the transform converts, resizes, centre-crops, flips (torch's global RNG, as
+    # torchvision) and normalises them per batch, as train_unconditional.py's `transform_images`
+    dataset.set_transform(
+        OnTheFlyTransform("image", args.resolution, args.channels, center_crop=True, random_flip=args.random_flip)
+    )
     train_dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.dataloader_num_workers
     )
@@ -180,7 +139,7 @@ def run_baseline(args, seed: int) -> dict:
         progress_bar = tqdm(total=len(train_dataloader), disable=not accelerator.is_local_main_process)
         progress_bar.set_description(f"Epoch {epoch}")
         for batch in train_dataloader:
-            clean_images = batch["input"].to(weight_dtype)
+            clean_images = batch["pixel_values"].to(weight_dtype)
             noise = torch.randn(clean_images.shape, dtype=weight_dtype, device=clean_images.device)
             bsz = clean_images.shape[0]
             timesteps = torch.randint(0, T, (bsz,), device=clean_images.device).long()
