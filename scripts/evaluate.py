@@ -20,8 +20,20 @@ from typing import Literal
 
 import torch
 
-from ddpm_objectives_hf.cli import error_line
-from ddpm_objectives_hf.errors import ConfigError, DDPMObjectivesError
+from ddpm_objectives_hf.cli import run_main
+from ddpm_objectives_hf.cli.validation import (
+    POSITIVE_INT,
+    SEED,
+    Range,
+    check_choice,
+    check_device,
+    check_existing_folder,
+    check_non_empty,
+    check_range,
+    check_ranges,
+    check_writable_folder,
+)
+from ddpm_objectives_hf.errors import ConfigError
 
 logger = logging.getLogger("ddpm_objectives_hf.evaluate")
 
@@ -53,19 +65,65 @@ class EvalArguments:
     seed: int = 0
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu")
 
+    def __post_init__(self):
+        for name in ("model_dir", "split", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}", parameter=name)
+        for name in ("output_dir", "dataset_name", "dataset_config_name", "train_data_dir", "image_column"):
+            check_non_empty(name, getattr(self, name))
+        if self.dataset_name is not None and self.train_data_dir is not None:
+            raise ConfigError("pass either --dataset_name or --train_data_dir, not both", parameter="train_data_dir")
+        at_least_two = Range(ge=2, integer=True, optional=True)  # a mean and its standard error
+        check_ranges(
+            self,
+            max_eval_samples=at_least_two,
+            max_bpd_samples=at_least_two,
+            batch_size=POSITIVE_INT,
+            num_bpd_timesteps=Range(ge=2, integer=True),
+            bpd_exact_draws=POSITIVE_INT,
+            pilot_images=POSITIVE_INT,
+            pilot_grid=POSITIVE_INT,
+            num_samples=POSITIVE_INT if self.fid_features == "none" else Range(ge=2, integer=True),
+            num_inference_steps=POSITIVE_INT,
+            seed=SEED,
+        )
+        check_choice("fid_features", self.fid_features, ("auto", "digits", "inception", "none"))
+
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:
-    from transformers import HfArgumentParser
+    """Flags (MODEL_DIR may come first, without ``--model_dir``), or a JSON/YAML file of them then flags.
+
+    Raises:
+        ConfigError: One line naming the flag at fault and what is valid.
+    """
+    from ddpm_objectives_hf.cli.parsing import CONFIG_SUFFIXES, parse_dataclasses
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and not argv[0].endswith((".json", ".yaml", ".yml")):
+    if argv and not argv[0].startswith("-") and not argv[0].endswith(CONFIG_SUFFIXES):
         argv = ["--model_dir", argv[0], *argv[1:]]
-    parser = HfArgumentParser(EvalArguments)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])[0]
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])[0]
-    return parser.parse_args_into_dataclasses(args=argv)[0]
+    return parse_dataclasses((EvalArguments,), argv, prog="evaluate.py")[0]
+
+
+def check_environment(args: EvalArguments) -> None:
+    """What must hold before any work: the device is present, the report's folder can be written, the data folder
+    exists, and the step counts fit the model's T (read from its scheduler config, a small file)."""
+    check_device("device", args.device)
+    check_writable_folder("output_dir", args.output_dir or Path(args.model_dir) / "eval")
+    check_existing_folder("train_data_dir", args.train_data_dir)
+    T = _num_train_timesteps(args.model_dir)
+    if T is not None:
+        check_range("num_inference_steps", args.num_inference_steps, ge=1, le=T, integer=True)
+        check_range("num_bpd_timesteps", args.num_bpd_timesteps, ge=2, le=T, integer=True)
+
+
+def _num_train_timesteps(model_dir: str) -> int | None:
+    """T of a pipeline folder's scheduler, or `None` if it cannot be read here (the loader then says why)."""
+    config = Path(model_dir) / "scheduler" / "scheduler_config.json"
+    try:
+        T = json.loads(config.read_text())["num_train_timesteps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return T if isinstance(T, int) and not isinstance(T, bool) and T >= 1 else None
 
 
 def load_images(args: EvalArguments, channels: int, resolution: int) -> torch.Tensor:
@@ -245,16 +303,17 @@ def _finite_or_none(values: torch.Tensor) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: any error is one line ``evaluate.py: error: ...`` (exit 2; ``--debug``: the traceback)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    try:
-        args = parse_args(argv)
-        report = evaluate(args)
-    except DDPMObjectivesError as err:
-        print(f"evaluate.py: error: {error_line(err)}", file=sys.stderr)
-        return 2
+    return run_main("evaluate.py", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    check_environment(args)  # before any work: nothing is loaded or written yet
+    report = evaluate(args)
     summary = {k: report[k] for k in ("bpd_full", "bpd_fast", "fid", "classifier_view") if k in report}
     print(json.dumps(summary, indent=2, default=float))
-    return 0
 
 
 if __name__ == "__main__":

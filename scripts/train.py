@@ -21,9 +21,28 @@ from typing import Literal
 
 import torch
 
-from ddpm_objectives_hf.cli import error_line
+from ddpm_objectives_hf.cli import run_main
 from ddpm_objectives_hf.cli.arguments import build_scheduler, objective_arguments
-from ddpm_objectives_hf.errors import ConfigError, DDPMObjectivesError, TrainingError
+from ddpm_objectives_hf.cli.validation import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    OPTIONAL_POSITIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    UNIT_INTERVAL_OPEN_TOP,
+    check_choice,
+    check_existing_folder,
+    check_hub_reachable,
+    check_non_empty,
+    check_range,
+    check_ranges,
+    check_repo_id,
+    check_report_to,
+    check_url,
+    check_writable_folder,
+)
+from ddpm_objectives_hf.errors import CheckpointError, ConfigError, TrainingError
 
 logger = logging.getLogger("ddpm_objectives_hf.train")
 
@@ -49,6 +68,21 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for decoding."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Workers for data that do not fit in memory."})
 
+    def __post_init__(self):
+        for name in ("dataset_name", "dataset_config_name", "train_data_dir", "image_column", "cache_dir"):
+            check_non_empty(name, getattr(self, name))
+        if self.dataset_name is not None and self.train_data_dir is not None:
+            raise ConfigError("pass either --dataset_name or --train_data_dir, not both", parameter="train_data_dir")
+        check_ranges(
+            self,
+            resolution=OPTIONAL_POSITIVE_INT,
+            max_train_samples=OPTIONAL_POSITIVE_INT,
+            preprocessing_num_workers=OPTIONAL_POSITIVE_INT,
+            dataloader_num_workers=NON_NEGATIVE_INT,
+        )
+        if self.channels is not None:
+            check_choice("channels", self.channels, (1, 3))
+
 
 @dataclass
 class ModelArguments:
@@ -62,6 +96,27 @@ class ModelArguments:
     )
     norm_num_groups: int = 8
     dropout: float = 0.0
+
+    def __post_init__(self):
+        check_non_empty("model_config_name_or_path", self.model_config_name_or_path)
+        check_ranges(self, layers_per_block=POSITIVE_INT, norm_num_groups=POSITIVE_INT, dropout=UNIT_INTERVAL_OPEN_TOP)
+        channels = self.block_out_channels
+        if not isinstance(channels, (list, tuple)) or not channels:
+            raise ConfigError(
+                f"block_out_channels must be one or more integers >= 1, got {channels!r}",
+                parameter="block_out_channels",
+            )
+        for value in channels:
+            check_range("block_out_channels", value, POSITIVE_INT)
+        check_range(
+            "attention_resolution_index", self.attention_resolution_index, ge=-1, le=len(channels) - 1, integer=True
+        )
+        if any(c % self.norm_num_groups for c in channels):
+            raise ConfigError(
+                f"norm_num_groups {self.norm_num_groups} must divide every --block_out_channels {list(channels)} "
+                "(GroupNorm splits each block's channels into that many groups)",
+                parameter="norm_num_groups",
+            )
 
 
 # The objective's flags: every option of `DDPMObjectiveScheduler.__init__` (type, default and help from its signature
@@ -112,17 +167,134 @@ class RunArguments:
         default=None, metadata={"help": "Hub URL (default: HF_ENDPOINT or huggingface.co)."}
     )
 
+    def __post_init__(self):
+        for name in ("output_dir", "logging_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ConfigError(f"{name} must be a non-empty path, got {getattr(self, name)!r}", parameter=name)
+        for name in ("resume_from_checkpoint", "hub_model_id", "hub_token", "hub_endpoint"):
+            check_non_empty(name, getattr(self, name))
+        check_ranges(
+            self,
+            seed=SEED,
+            train_batch_size=POSITIVE_INT,
+            max_train_steps=POSITIVE_INT,
+            gradient_accumulation_steps=POSITIVE_INT,
+            learning_rate=POSITIVE,
+            lr_warmup_steps=NON_NEGATIVE_INT,
+            adam_beta1=UNIT_INTERVAL_OPEN_TOP,
+            adam_beta2=UNIT_INTERVAL_OPEN_TOP,
+            adam_weight_decay=NON_NEGATIVE,
+            adam_epsilon=POSITIVE,
+            max_grad_norm=NON_NEGATIVE,  # 0: no clipping
+            ema_inv_gamma=POSITIVE,
+            ema_power=POSITIVE,
+            ema_max_decay=UNIT_INTERVAL_OPEN_TOP,
+            logging_steps=POSITIVE_INT,
+            save_images_steps=NON_NEGATIVE_INT,  # 0: only at the end
+            num_sample_images=POSITIVE_INT,
+            num_inference_steps=POSITIVE_INT,
+            checkpointing_steps=POSITIVE_INT,
+            checkpoints_total_limit=OPTIONAL_POSITIVE_INT,
+        )
+        from diffusers.optimization import SchedulerType
+
+        # piecewise_constant needs step rules that no flag gives
+        check_choice(
+            "lr_scheduler", self.lr_scheduler, [s.value for s in SchedulerType if s.value != "piecewise_constant"]
+        )
+        check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16", None))
+        check_report_to("report_to", self.report_to)
+        check_repo_id("hub_model_id", self.hub_model_id)
+        check_url("hub_endpoint", self.hub_endpoint)
+
 
 def parse_args(argv: list[str] | None = None):
-    from transformers import HfArgumentParser
+    """Flags, or a JSON/YAML file of them (then flags that override it), as the four option dataclasses.
 
-    parser = HfArgumentParser((DataArguments, ModelArguments, objective_arguments(), RunArguments))
+    Every value and combination is checked here, before any work (:func:`check_arguments`).
+
+    Raises:
+        ConfigError: One line naming the flag at fault and what is valid.
+    """
+    from ddpm_objectives_hf.cli.parsing import parse_dataclasses
+
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parse_dataclasses(
+        (DataArguments, ModelArguments, objective_arguments(), RunArguments), argv, prog="train.py"
+    )
+    check_arguments(*parsed)
+    return parsed
+
+
+def check_arguments(data_args: DataArguments, model_args: ModelArguments, obj, run: RunArguments) -> None:
+    """The checks that need several flags: the objective builds, its final sampling and LR schedule work."""
+    from diffusers.optimization import get_scheduler
+
+    scheduler = build_scheduler(obj)  # every objective flag, as the scheduler checks them
+    T = scheduler.config.num_train_timesteps
+    check_range("num_inference_steps", run.num_inference_steps, ge=1, le=T, integer=True)
+    if getattr(obj, "timestep_sampler", None) == "logit_normal":
+        check_range("logit_std", getattr(obj, "logit_std", None), gt=0)
+        check_range("logit_mean", getattr(obj, "logit_mean", None))
+    try:
+        scheduler.set_timesteps(run.num_inference_steps)  # the final sampling's schedule
+    except ValueError as err:
+        raise ConfigError(
+            f"num_inference_steps {run.num_inference_steps}: {err}", parameter="num_inference_steps"
+        ) from err
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=run.learning_rate)
+    try:
+        get_scheduler(
+            run.lr_scheduler, optimizer, num_warmup_steps=run.lr_warmup_steps, num_training_steps=run.max_train_steps
+        )
+    except (ValueError, TypeError, AttributeError) as err:
+        message = " ".join(str(err).split())
+        raise ConfigError(
+            f"lr_scheduler {run.lr_scheduler!r} with these flags: {message}", parameter="lr_scheduler"
+        ) from err
+    if model_args.model_config_name_or_path is None:
+        from ddpm_objectives_hf.training.data import check_resolution
+
+        check_resolution(_resolution(data_args), len(model_args.block_out_channels))
+
+
+def _resolution(data_args: DataArguments) -> int:
+    """``--resolution``, or its default: 8 for the embedded digits, else 32."""
+    default_resolution = 8 if not (data_args.dataset_name or data_args.train_data_dir) else 32
+    return data_args.resolution or default_resolution
+
+
+def check_environment(data_args: DataArguments, model_args: ModelArguments, run: RunArguments) -> None:
+    """What must hold on this machine before any work: the folders exist or can be written, the trackers are
+    installed, the model config reads, and the Hub answers when the run will push to it."""
+    check_existing_folder("train_data_dir", data_args.train_data_dir)
+    check_writable_folder("output_dir", run.output_dir)
+    if data_args.cache_dir is not None:
+        check_writable_folder("cache_dir", data_args.cache_dir)
+    check_report_to("report_to", run.report_to, available=True)
+    if model_args.model_config_name_or_path is not None:
+        from diffusers import UNet2DModel
+
+        from ddpm_objectives_hf.training.data import check_resolution
+
+        path = model_args.model_config_name_or_path
+        try:
+            config = UNet2DModel.load_config(path)
+        except (OSError, ValueError) as err:
+            message = " ".join(str(err).split())[:300]
+            raise ConfigError(
+                f"model_config_name_or_path {path!r} is not a readable UNet2DModel config: {message}",
+                parameter="model_config_name_or_path",
+            ) from err
+        blocks = config.get("block_out_channels") if isinstance(config, dict) else None
+        if not isinstance(blocks, (list, tuple)) or not blocks:
+            raise ConfigError(
+                f"model_config_name_or_path {path!r} has no block_out_channels list",
+                parameter="model_config_name_or_path",
+            )
+        check_resolution(_resolution(data_args), len(blocks))
+    if run.push_to_hub:
+        check_hub_reachable("push_to_hub", run.hub_endpoint, run.hub_token)
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
@@ -281,14 +453,111 @@ class TrainState:
 
 
 def check_output_dir(run: RunArguments) -> None:
-    """Refuse to write into a non-empty folder of another run (nothing of the user's is overwritten)."""
+    """Never write into a non-empty folder this tool did not make, with or without ``--resume_from_checkpoint`` or
+    ``--overwrite_output_dir``; never mix two runs in a folder it made. Only reads: nothing is written until the run is
+    about to train (``prepare_output_dir``)."""
+    from ddpm_objectives_hf.training.checkpointing import RUN_MARKER, is_run_folder, list_checkpoints, run_outputs
+
     out = Path(run.output_dir)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output_dir {run.output_dir!r} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not run.resume_from_checkpoint and not run.overwrite_output_dir:
+        raise ConfigError(f"output_dir {run.output_dir!r} exists and is not a folder", parameter="output_dir")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_run_folder(out):
         raise ConfigError(
-            f"--output_dir {run.output_dir!r} exists and is not empty; pass --resume_from_checkpoint latest to "
-            "continue that run, --overwrite_output_dir to write into it anyway, or choose a new --output_dir"
+            f"output_dir {run.output_dir!r} is not empty and was not made by this tool (no {RUN_MARKER}); nothing in "
+            "it is written, even with --overwrite_output_dir or --resume_from_checkpoint: choose a new or empty "
+            "folder",
+            parameter="output_dir",
+        )
+    outputs = run_outputs(out)
+    if outputs and not run.resume_from_checkpoint and not run.overwrite_output_dir:
+        checkpoints = [p.name for p in list_checkpoints(out)]
+        held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"{len(outputs)} outputs, no checkpoint"
+        raise ConfigError(
+            f"output_dir {run.output_dir!r} is not empty: it holds an earlier run ({held}); pass "
+            "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it (checkpoints "
+            "included), or choose a new folder",
+            parameter="output_dir",
+        )
+
+
+# What a checkpoint's run is (JSON in each checkpoint): a resume with other values of these is another run.
+_MODEL_CONFIG_FLAGS = {
+    "block_out_channels": "block_out_channels",
+    "layers_per_block": "layers_per_block",
+    "norm_num_groups": "norm_num_groups",
+    "dropout": "dropout",
+    "down_block_types": "attention_resolution_index",
+    "up_block_types": "attention_resolution_index",
+    "sample_size": "resolution",
+    "in_channels": "channels",
+    "out_channels": "variance_type",
+}
+_IDENTITY_FLAGS = {"num_images": "max_train_samples"}  # num_processes: accelerate launch --num_processes
+
+
+def run_identity(
+    scheduler, unet_config, stream: DataStream, resolution: int, data_args: DataArguments, obj, run: RunArguments
+) -> dict:
+    """The objective (scheduler config), the model config and the data of this run, keyed by parameter name."""
+    from ddpm_objectives_hf.training.pipelines import objective_config
+
+    return {
+        **objective_config(scheduler),
+        "timestep_sampler": obj.timestep_sampler,
+        "use_ema": run.use_ema,
+        "model": {k: v for k, v in dict(unet_config).items() if not k.startswith("_")},
+        "dataset_name": data_args.dataset_name,
+        "dataset_config_name": data_args.dataset_config_name,
+        "train_data_dir": data_args.train_data_dir,
+        "resolution": resolution,
+        "channels": stream.channels,
+        "num_images": stream.num_images,
+        "train_batch_size": run.train_batch_size,
+        "gradient_accumulation_steps": run.gradient_accumulation_steps,
+        "num_processes": stream.accelerator.num_processes,
+    }
+
+
+def check_same_run(path: Path, identity: dict, run: RunArguments) -> int:
+    """Refuse a checkpoint of another run (naming the flags that differ) or one past ``--max_train_steps``; return
+    its step. Reads only JSON."""
+    from ddpm_objectives_hf.cli import flag
+    from ddpm_objectives_hf.training.checkpointing import checkpoint_step, identity_differences, verify_checkpoint
+
+    differences = identity_differences(verify_checkpoint(path), identity)
+    if differences:
+        parts: dict[str, str] = {}
+        for key, saved, current in differences:
+            name = key.split(".", 1)[1] if key.startswith("model.") else key
+            parameter = _MODEL_CONFIG_FLAGS.get(name, "model_config_name_or_path") if key.startswith("model.") else name
+            label = flag(_IDENTITY_FLAGS.get(parameter, parameter))
+            parts.setdefault(label, f"{label} ({name}: checkpoint {saved!r}, this run {current!r})")
+        raise CheckpointError(
+            f"resume_from_checkpoint {str(path)!r} is of another run: {'; '.join(parts.values())}; pass that run's "
+            "flags, or --overwrite_output_dir / a new --output_dir to start over",
+            parameter="resume_from_checkpoint",
+        )
+    step = checkpoint_step(path)
+    if step > run.max_train_steps:
+        raise ConfigError(
+            f"max_train_steps {run.max_train_steps} is below the step of --resume_from_checkpoint {str(path)!r} "
+            f"({step}); pass --max_train_steps {step} or more",
+            parameter="max_train_steps",
+        )
+    return step
+
+
+def check_finite_weights(model, ema, step: int) -> None:
+    """The weights (and their EMA) are finite, else stop before anything is saved (one host synchronisation)."""
+    from ddpm_objectives_hf.training.checkpointing import all_finite
+
+    tensors = [*model.parameters(), *(ema.shadow_params if ema is not None else [])]
+    if not all_finite(tensors):
+        raise TrainingError(
+            f"the weights became NaN/inf by step {step} (the loss was still finite); stopping without saving "
+            "weights: lower --learning_rate or check --loss_weighting"
         )
 
 
@@ -330,7 +599,15 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     from tqdm.auto import tqdm
 
     from ddpm_objectives_hf import diffusion_loss, make_timestep_sampler
-    from ddpm_objectives_hf.training.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+    from ddpm_objectives_hf.training.checkpointing import (
+        FINAL_OUTPUTS,
+        atomic_write,
+        load_checkpoint,
+        prepare_output_dir,
+        resolve_checkpoint,
+        save_checkpoint,
+        staged_outputs,
+    )
 
     # 0. Objective, output folder, processes
     scheduler = build_scheduler(obj)
@@ -410,16 +687,29 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     for obj_to_save in ([ema] if ema is not None else []) + [sampler, state]:
         accelerator.register_for_checkpointing(obj_to_save)
 
-    # 3. Resume
+    # 3. Resume: only a checkpoint of this same run, read without running code; then claim the output folder
+    unet_config = getattr(accelerator.unwrap_model(model), "_orig_mod", accelerator.unwrap_model(model)).config
+    identity = run_identity(scheduler, unet_config, stream, resolution, data_args, obj, run)
+    resumed_here = None  # the step of the checkpoint of --output_dir this run continues
     if run.resume_from_checkpoint:
         path = resolve_checkpoint(run.resume_from_checkpoint, run.output_dir)
+        step = check_same_run(path, identity, run)
         load_checkpoint(accelerator, path)
+        if state.step != step:
+            raise CheckpointError(
+                f"resume_from_checkpoint {str(path)!r} holds the state of step {state.step}, not {step}",
+                parameter="resume_from_checkpoint",
+            )
         logger.info("resumed from %s at step %d", path, state.step)
+        if path.resolve().parent == Path(run.output_dir).resolve():
+            resumed_here = step
     if accelerator.is_main_process:
-        Path(run.output_dir).mkdir(parents=True, exist_ok=True)
+        # the marker first, interrupted saves finished or removed, a replaced run's outputs removed
+        prepare_output_dir(run.output_dir, replace=run.overwrite_output_dir, resumed_step=resumed_here)
         config = {"data": asdict(data_args), "model": asdict(model_args), "objective": asdict(obj), "run": asdict(run)}
         config["run"].pop("hub_token", None)
-        (Path(run.output_dir) / "training_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write(Path(run.output_dir) / "training_config.json", json.dumps(config, indent=2) + "\n")
+    accelerator.wait_for_everyone()
     if report_to:
         run_config = {
             k: v for k, v in {**asdict(obj), **asdict(run)}.items() if isinstance(v, (int, float, str, bool))
@@ -498,7 +788,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
             window_start, window_steps = time.perf_counter(), 0
 
         if state.step % run.checkpointing_steps == 0 and not last:
-            save_checkpoint(accelerator, run.output_dir, state.step, run.checkpoints_total_limit)
+            check_finite_weights(model, ema, state.step)  # the loss was checked above
+            save_checkpoint(accelerator, run.output_dir, state.step, run.checkpoints_total_limit, identity=identity)
 
         if run.save_images_steps and state.step % run.save_images_steps == 0 and not last:
             if accelerator.is_main_process:
@@ -508,7 +799,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
                 grid.save(path)
             accelerator.wait_for_everyone()
 
-    # 5. Save the EMA weights as a diffusers pipeline, with the model card; push if asked
+    # 5. Save the EMA weights as a diffusers pipeline, with the model card; push if asked. Everything is built in
+    # one staging folder and swapped in as a whole: a failure leaves the previous outputs.
     accelerator.wait_for_everyone()
     output_dir = Path(run.output_dir)
     if accelerator.is_main_process:
@@ -517,7 +809,10 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         if ema is not None:
             ema.copy_to(unet.parameters())
         unet = unet.to(memory_format=torch.contiguous_format).float()
-        _save_everything(unet, scheduler, state, data_args, obj, run, output_dir)
+        check_finite_weights(unet, None, state.step)
+        with staged_outputs(output_dir, remove=FINAL_OUTPUTS, label="final") as staging:
+            _save_everything(unet, scheduler, state, data_args, obj, run, staging)
+        logger.info("saved the pipeline, samples and model card to %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if run.push_to_hub and accelerator.is_main_process:
@@ -564,7 +859,7 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
         plot_loss_curve(
             [h["step"] for h in state.history], [h["loss"] for h in state.history], output_dir / "loss.png"
         )
-    (output_dir / "loss_history.json").write_text(json.dumps(state.history) + "\n")
+    (output_dir / "loss_history.json").write_text(json.dumps(state.history) + "\n")  # output_dir: the staging folder
     images = {"samples": "samples.png", "weighting": "weighting.png"}
     if state.history:
         images["loss"] = "loss.png"
@@ -587,27 +882,33 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
         },
         plugin_scheduler=needs_plugin_scheduler(scheduler),
     )
-    logger.info("saved the pipeline, samples and model card to %s", output_dir)
 
 
 def _push(run: RunArguments, output_dir: Path) -> None:
-    from ddpm_objectives_hf.training.hub import push_to_hub, resolve_repo_id
+    from ddpm_objectives_hf.training.checkpointing import LOCAL_ONLY_PATTERNS
+    from ddpm_objectives_hf.training.hub import DEFAULT_IGNORE_PATTERNS, push_to_hub, resolve_repo_id
 
     repo_id = resolve_repo_id(run.hub_model_id, str(output_dir))  # a bare name gets its namespace from the Hub
     url = push_to_hub(
-        output_dir, repo_id, private=run.hub_private_repo, token=run.hub_token, endpoint=run.hub_endpoint
+        output_dir,
+        repo_id,
+        private=run.hub_private_repo,
+        token=run.hub_token,
+        endpoint=run.hub_endpoint,
+        ignore_patterns=(*DEFAULT_IGNORE_PATTERNS, *LOCAL_ONLY_PATTERNS),  # leftovers of interrupted saves, the marker
     )
     logger.info("pushed to %s", url)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        data_args, model_args, obj, run = parse_args(argv)
-        train(data_args, model_args, obj, run)
-    except DDPMObjectivesError as err:
-        print(f"train.py: error: {error_line(err)}", file=sys.stderr)
-        return 2
-    return 0
+    """The command line: any error is one line ``train.py: error: ...`` (exit 2; ``--debug`` shows the traceback)."""
+    return run_main("train.py", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    data_args, model_args, obj, run = parse_args(argv)
+    check_environment(data_args, model_args, run)  # before any work: nothing is read, built or written yet
+    train(data_args, model_args, obj, run)
 
 
 if __name__ == "__main__":
