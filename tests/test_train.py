@@ -541,9 +541,11 @@ def _closed_port_endpoint() -> str:
 
 @pytest.mark.parametrize("failure", ["http-500", "closed-port", "offline"])
 def test_failing_hub_keeps_local_pipeline(failure: str, request, tmp_path: Path, capsys, monkeypatch):
+    """A push that fails keeps the saved pipeline; a Hub that cannot be reached at all (offline, closed port) is
+    found by the check before training, so nothing is trained or written."""
     if failure == "http-500":
         hub = request.getfixturevalue("hub_server")
-        hub.fail_next(500)
+        hub.fail_next(500, path_contains="/api/repos/create")  # the push fails (the check at the start passed)
         endpoint = hub.endpoint
     else:
         offline = failure == "offline"
@@ -561,6 +563,10 @@ def test_failing_hub_keeps_local_pipeline(failure: str, request, tmp_path: Path,
         assert endpoint in message
     else:
         assert "offline" in message
+    if failure != "http-500":  # stopped before any work
+        assert "before training" in message
+        assert not out.exists()
+        return
     # the pipeline was saved before the push and is intact
     assert (out / "model_index.json").is_file() and (out / "README.md").is_file()
     load_and_sample(out)
