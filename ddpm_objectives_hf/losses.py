@@ -1,6 +1,6 @@
 """`diffusion_loss` and `DiffusionLossMixin`: one training step's objective for a diffusers model.
 
-The steps read as the seed notes' training algorithm: draw t and ε, make x_t, predict, weight the error.
+The steps read as the DDPM training algorithm (Ho et al. 2020, Algorithm 1): draw t and ε, make x_t, predict, weight the error.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A weighting w turns the per-timestep error into the loss ``w(t) · mean‖ε − ε̂‖²``, where ε̂ is the noise implied by
 the model output, whatever the network predicts. With ``SNR = ᾱ_t / (1 − ᾱ_t)`` the errors of the four targets are
-proportional (see ``../shared/reference/objectives.md``)::
+proportional::
 
     ‖ε − ε̂‖² = SNR · ‖x0 − x̂0‖²,   ‖v − v̂‖² = (1 + SNR) · ‖x0 − x̂0‖²,   ‖μ̃ − μ̂‖² = coef1² · ‖x0 − x̂0‖²
 

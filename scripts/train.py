@@ -4,7 +4,7 @@
     accelerate launch scripts/train.py --prediction_type v_prediction --loss_weighting min_snr --output_dir out
     python scripts/train.py run.yaml           # the same flags as a JSON or YAML file
 
-The loop is the seed notes' training algorithm: x0 ~ data, t ~ sampler, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε,
+The loop is DDPM's training algorithm (Ho et al. 2020, Algorithm 1): x0 ~ data, t ~ sampler, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε,
 predict, weighted loss, gradient step (+ EMA). With no data flag it trains on scikit-learn's digits (offline).
 """
 
@@ -332,7 +332,7 @@ def build_unet(args: ModelArguments, resolution: int, channels: int, learned_var
             up_block_types=tuple(up),
             norm_num_groups=args.norm_num_groups,
             dropout=args.dropout,
-            time_embedding_type="positional",  # sinusoidal time embedding, as in the seed notes
+            time_embedding_type="positional",  # sinusoidal time embedding, as in DDPM (Ho et al. 2020)
         )
     try:
         check_resolution(resolution, len(model.config.block_out_channels))
@@ -717,7 +717,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         run_config.pop("hub_token", None)
         accelerator.init_trackers("ddpm-objectives-hf", config=run_config)
 
-    # 4. Train: the seed notes' loop
+    # 4. Train: DDPM's Algorithm 1
     T = scheduler.config.num_train_timesteps
     quartile_sum = torch.zeros(4, device=accelerator.device)
     quartile_count = torch.zeros(4, device=accelerator.device)
