@@ -471,13 +471,24 @@ def check_output_dir(run: RunArguments) -> None:
             parameter="output_dir",
         )
     outputs = run_outputs(out)
-    if outputs and not run.resume_from_checkpoint and not run.overwrite_output_dir:
-        checkpoints = [p.name for p in list_checkpoints(out)]
-        held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"{len(outputs)} outputs, no checkpoint"
+    if not outputs or run.overwrite_output_dir:
+        return
+    checkpoints = [p.name for p in list_checkpoints(out)]
+    held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"{len(outputs)} outputs, no checkpoint"
+    resume = run.resume_from_checkpoint
+    if not resume:
         raise ConfigError(
             f"output_dir {run.output_dir!r} is not empty: it holds an earlier run ({held}); pass "
             "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it (checkpoints "
             "included), or choose a new folder",
+            parameter="output_dir",
+        )
+    path = Path(resume)
+    if resume != "latest" and (path.is_absolute() or path.exists()) and path.resolve().parent != out.resolve():
+        raise ConfigError(
+            f"output_dir {run.output_dir!r} holds an earlier run ({held}) and --resume_from_checkpoint {resume!r} "
+            "is a checkpoint of another folder: the two runs would mix; pass --overwrite_output_dir to replace it, "
+            "or choose a new folder",
             parameter="output_dir",
         )
 
@@ -530,10 +541,12 @@ def check_same_run(path: Path, identity: dict, run: RunArguments) -> int:
     if differences:
         parts: dict[str, str] = {}
         for key, saved, current in differences:
-            name = key.split(".", 1)[1] if key.startswith("model.") else key
-            parameter = _MODEL_CONFIG_FLAGS.get(name, "model_config_name_or_path") if key.startswith("model.") else name
-            label = flag(_IDENTITY_FLAGS.get(parameter, parameter))
-            parts.setdefault(label, f"{label} ({name}: checkpoint {saved!r}, this run {current!r})")
+            in_model = key.startswith("model.")
+            name = key.split(".", 1)[1] if in_model else key
+            parameter = _MODEL_CONFIG_FLAGS.get(name, "model_config_name_or_path") if in_model else name
+            parameter = _IDENTITY_FLAGS.get(parameter, parameter)
+            label = flag(parameter) + ("" if name == parameter else f" ({name})")
+            parts.setdefault(flag(parameter), f"{label}: checkpoint {saved!r}, this run {current!r}")
         raise CheckpointError(
             f"resume_from_checkpoint {str(path)!r} is of another run: {'; '.join(parts.values())}; pass that run's "
             "flags, or --overwrite_output_dir / a new --output_dir to start over",

@@ -202,7 +202,7 @@ def test_folder_this_tool_did_not_make_is_never_written(checkpointed_run: Path, 
         assert snapshot(user) == before
 
 
-def test_overwrite_replaces_the_previous_run_completely(tmp_path: Path, capsys):
+def test_overwrite_replaces_the_previous_run_completely(checkpointed_run: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     run_ok(_args(out, "--checkpointing_steps", "2", "--save_images_steps", "2", steps=6), capsys)
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
@@ -226,10 +226,15 @@ def test_overwrite_replaces_the_previous_run_completely(tmp_path: Path, capsys):
     run_ok(_args(out, *new, "--resume_from_checkpoint", "latest", steps=6), capsys)
     assert [h["step"] for h in json.loads((out / "loss_history.json").read_text())] == [2, 4, 6]
 
-    # the same folder without either flag: refused, saying how to go on
+    # the same folder without either flag, or resuming a checkpoint of another folder in it: refused, saying how
+    before = snapshot(out)
     message = run_error(_args(out, *new, steps=6), capsys)
     assert "not empty" in message and "--resume_from_checkpoint latest" in message
     assert "--overwrite_output_dir" in message and "checkpoint-4" in message
+    other = str(checkpointed_run / "checkpoint-2")
+    message = run_error(_args(out, "--resume_from_checkpoint", other, steps=6), capsys)
+    assert "--output_dir" in message and "mix" in message and "--overwrite_output_dir" in message
+    assert snapshot(out) == before
 
 
 def test_resume_names_every_flag_that_differs(checkpointed_run: Path, tmp_path: Path, capsys):
