@@ -27,11 +27,11 @@ def error_line(err: BaseException) -> str:
     """One line for the user: a library error's message with the parameter at fault named as its flag."""
     message = " ".join(str(err).split()) or type(err).__name__
     parameter = getattr(err, "parameter", None)
-    if not isinstance(err, DDPMObjectivesError) or not parameter or flag(parameter) in message:
+    if not isinstance(err, DDPMObjectivesError) or not parameter:
         return message
     if re.match(rf"{re.escape(parameter)}\b", message):
         return flag(parameter) + message[len(parameter) :]
-    return f"{flag(parameter)}: {message}"
+    return message if flag(parameter) in message else f"{flag(parameter)}: {message}"
 
 
 def os_error_line(err: OSError) -> str:

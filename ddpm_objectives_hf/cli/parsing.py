@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -30,12 +31,14 @@ class ArgumentParser(HfArgumentParser):
 
     def __init__(self, dataclass_types, prog: str | None = None, description: str | None = None):
         super().__init__(dataclass_types, prog=prog, description=description, allow_abbrev=False)
+        # argparse takes `-1` and `-0.5` as values but `-1e-3`, `-inf` as flags; all are numbers here
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.I)
         self.add_argument(
             "--debug", action="store_true", help="On an error, show the Python traceback (command line only)."
         )
 
     def error(self, message: str):  # argparse calls this for every parsing mistake
-        message = " ".join(message.split())
+        message = re.sub(r"(--\w+)/--[\w-]+", r"\1", " ".join(message.split()))  # "--a_b/--a-b" → "--a_b"
         parameter = None
         if message.startswith("argument "):  # "argument --seed/--se-ed: invalid int value: 'x'" → "--seed: ..."
             options, _, rest = message[len("argument ") :].partition(":")
@@ -160,7 +163,9 @@ def parse_dataclasses(
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
         source = argv[0]
         file_argv, nulls = config_to_argv(argv[0], parser, _optional_fields(dataclass_types))
-        file_keys = {a[2:].split("=", 1)[0] for a in file_argv if a.startswith("--")} | set(nulls)
+        set_in_file = {a[2:].split("=", 1)[0] for a in file_argv if a.startswith("--")} | set(nulls)
+        overridden = {a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--")}
+        file_keys = set_in_file - overridden
         argv = file_argv + argv[1:]
     try:
         namespace, remaining = parser.parse_known_args(args=argv)

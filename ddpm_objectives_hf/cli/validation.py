@@ -1,7 +1,7 @@
 """Checks of option values, run once right after parsing and before any work (no data read, nothing written).
 
 Every check raises :class:`~ddpm_objectives_hf.errors.ConfigError` naming the parameter at fault (its flag is
-``--`` + its name) and what is valid, e.g. ``learning_rate must be > 0 and finite, got nan``.
+``--`` + its name) and what is valid, e.g. ``learning_rate must be a finite number > 0, got nan``.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def check_device(parameter: str, device: str) -> None:
     except (RuntimeError, TypeError, ValueError) as err:
         message = " ".join(str(err).split())
         raise ConfigError(f"{parameter} {device!r} is not a torch device ({message})", parameter=parameter) from err
-    if dev.type == "cpu" or dev.type == "meta":
+    if dev.type == "cpu":
         return
     backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
     is_available = getattr(backend, "is_available", None)
