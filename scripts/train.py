@@ -456,7 +456,7 @@ def check_output_dir(run: RunArguments) -> None:
     """Never write into a non-empty folder this tool did not make, with or without ``--resume_from_checkpoint`` or
     ``--overwrite_output_dir``; never mix two runs in a folder it made. Only reads: nothing is written until the run is
     about to train (``prepare_output_dir``)."""
-    from ddpm_objectives_hf.training.checkpointing import RUN_MARKER, is_run_folder, list_checkpoints, run_outputs
+    from ddpm_objectives_hf.training.checkpointing import RUN_MARKER, is_run_folder, list_checkpoints, run_results
 
     out = Path(run.output_dir)
     if out.exists() and not out.is_dir():
@@ -470,17 +470,16 @@ def check_output_dir(run: RunArguments) -> None:
             "folder",
             parameter="output_dir",
         )
-    outputs = run_outputs(out)
-    if not outputs or run.overwrite_output_dir:
-        return
+    if not run_results(out) or run.overwrite_output_dir:
+        return  # (a run that failed before its first checkpoint left nothing to keep: it is replaced)
     checkpoints = [p.name for p in list_checkpoints(out)]
-    held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"{len(outputs)} outputs, no checkpoint"
+    held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else "a final pipeline, no checkpoint"
     resume = run.resume_from_checkpoint
     if not resume:
+        how = "--resume_from_checkpoint latest to continue it, " if checkpoints else ""
         raise ConfigError(
-            f"output_dir {run.output_dir!r} is not empty: it holds an earlier run ({held}); pass "
-            "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it (checkpoints "
-            "included), or choose a new folder",
+            f"output_dir {run.output_dir!r} is not empty: it holds an earlier run ({held}); pass {how}"
+            "--overwrite_output_dir to replace it (checkpoints included), or choose a new folder",
             parameter="output_dir",
         )
     path = Path(resume)

@@ -284,12 +284,21 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path: Path, capsys, monke
     assert "NaN" in message and "step 2" in message and "stopping without saving weights" in message
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
     assert not list(out.glob("*checkpoint-2*")) and not (out / UNET_WEIGHTS).exists()
-    weights = verify_checkpoint(out / "checkpoint-1")  # complete, and what `latest` resumes: finite
-    assert weights["prediction_type"] == "epsilon"
+    assert verify_checkpoint(out / "checkpoint-1")["prediction_type"] == "epsilon"  # complete: `latest` resumes it
 
     monkeypatch.undo()
     run_ok(_args(out, "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest", steps=3), capsys)
     assert_consistent(out, steps=3)
+
+    # at the final save (the loss of the last step was finite): nothing saved, and the re-run needs no flag
+    monkeypatch.setattr(torch.optim, "AdamW", BlowsUpAtStep2)
+    out = tmp_path / "final"
+    message = run_error(_args(out, steps=2), capsys)
+    assert "NaN" in message and "step 2" in message and "stopping without saving weights" in message
+    assert not list_checkpoints(out) and not (out / "model_index.json").exists()
+    monkeypatch.undo()
+    run_ok(_args(out, steps=2), capsys)
+    assert_consistent(out, steps=2)
 
 
 # ---------------------------------------------------------------------------------------------------- code in pickles

@@ -148,6 +148,14 @@ def run_outputs(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name != RUN_MARKER and not _is_leftover(p.name))
 
 
+def run_results(output_dir: str | os.PathLike) -> list[Path]:
+    """What a run in ``output_dir`` produced that is worth keeping: complete checkpoints, final outputs, sample grids
+    (a run that failed before its first checkpoint has none)."""
+    root = Path(output_dir)
+    kept = [*FINAL_OUTPUTS, "samples"]
+    return [*list_checkpoints(root), *(root / name for name in kept if (root / name).exists())]
+
+
 def clean_leftovers(output_dir: str | os.PathLike) -> None:
     """Finish an interrupted swap whose staging folder was complete, then remove every leftover of interrupted saves
     (``.checkpoint-N.tmp``, ``.pipeline-*``, ``.staging*``, ``.tmp*``). Only call it on a folder this tool made."""
@@ -168,7 +176,8 @@ def prepare_output_dir(
     Writes :data:`RUN_MARKER` first, finishes or discards interrupted saves, and removes the folders of
     ``checkpoint-N`` that are incomplete or newer than ``resumed_step`` (the step resumed from a checkpoint of this
     folder: what comes after it is replaced by this run). With ``replace``, every other output of a previous run goes
-    too (its checkpoints included, except the ones this run resumes from), so two runs never mix.
+    too (its checkpoints included, except the ones this run resumes from), so two runs never mix; so do the
+    remains of a run that failed before its first checkpoint (:func:`run_results`: none).
 
     Args:
         output_dir: The run's folder; it must be empty, missing, or made by this tool.
@@ -182,6 +191,7 @@ def prepare_output_dir(
             raise ConfigError(f"output_dir '{root}' is not empty and was not made by {TOOL}", parameter="output_dir")
         _write_json(root / RUN_MARKER, {"created_by": TOOL, "format": 1})
     clean_leftovers(root)
+    replace = replace or not run_results(root)  # a run that failed before its first checkpoint: nothing to keep
     for path in run_outputs(root):
         match = CHECKPOINT_RE.match(path.name)
         if match and path.is_dir():
