@@ -168,15 +168,21 @@ def _select_split(
 
 
 def _load_split(parameter: str, where: str, split: str, **kwargs: Any) -> datasets.Dataset:
-    """`datasets.load_dataset(..., split=split)`, with an unknown split turned into a `DataError`."""
+    """`datasets.load_dataset(..., split=split)`, with an unknown split or unreadable data (a corrupt parquet, a
+    malformed csv: pyarrow/pandas `ValueError`s or datasets' build errors) turned into a `DataError` naming them."""
     import datasets
+    from datasets.exceptions import DatasetsError
 
     try:
         return datasets.load_dataset(split=split, **kwargs)
-    except ValueError as e:
+    except (ValueError, DatasetsError) as e:
         if "Unknown split" in str(e):
             raise DataError(f"{parameter} {where}: {_one_line(e)}", parameter=parameter) from e
-        raise
+        cause = e.__cause__ or e
+        raise DataError(
+            f"{parameter} {where} could not be read ({type(cause).__name__}: {_one_line(cause)[:300]})",
+            parameter=parameter,
+        ) from e
 
 
 def _is_saved_dataset(path: str) -> bool:
