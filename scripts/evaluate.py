@@ -16,7 +16,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -34,6 +33,7 @@ from ddpm_objectives_hf.cli.validation import (
     check_writable_folder,
 )
 from ddpm_objectives_hf.errors import ConfigError
+from ddpm_objectives_hf.evaluation.fid import FID_FEATURES
 
 logger = logging.getLogger("ddpm_objectives_hf.evaluate")
 
@@ -61,7 +61,10 @@ class EvalArguments:
     pilot_grid: int = field(default=64, metadata={"help": "Timesteps of the pilot grid."})
     num_samples: int = field(default=360, metadata={"help": "Generated images for FID and the classifier's view."})
     num_inference_steps: int = 1000
-    fid_features: Literal["auto", "digits", "inception", "none"] = "auto"
+    fid_features: str = field(
+        default="auto",
+        metadata={"choices": [*FID_FEATURES, "none"], "help": "FID feature network (auto: Inception if local)."},
+    )
     seed: int = 0
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu")
 
@@ -87,7 +90,7 @@ class EvalArguments:
             num_inference_steps=POSITIVE_INT,
             seed=SEED,
         )
-        check_choice("fid_features", self.fid_features, ("auto", "digits", "inception", "none"))
+        check_choice("fid_features", self.fid_features, (*FID_FEATURES, "none"))
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:

@@ -233,13 +233,14 @@ def test_compute_fid_rejects_bad_input(trained: tuple, cache_dir: Path, digits: 
 
 def test_inception_offline_raises(tmp_path: Path, trained: tuple, cache_dir: Path) -> None:
     missing = tmp_path / "no_inception_weights.pth"
-    with pytest.raises(FeatureNetworkError, match="--fid_features") as err:
+    with pytest.raises(FeatureNetworkError, match="^fid_features") as err:
         make_fid_metric("inception", inception_weights=missing)
+    assert err.value.parameter == "fid_features"
     assert "digits" in str(err.value) and "\n" not in str(err.value)
     assert isinstance(err.value, RuntimeError)
     metric, info = make_fid_metric("auto", cache_dir=cache_dir, inception_weights=missing)
     assert info["feature"] == "digits" and info["requested"] == "auto" and info["fallback_reason"]
-    with pytest.raises(ValueError, match="--fid_features"):
+    with pytest.raises(ValueError, match="^fid_features"):
         make_fid_metric("clip")  # type: ignore[arg-type]
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from ..errors import FeatureNetworkError
+from ..errors import ConfigError, FeatureNetworkError
 from .features import DigitsFeatureExtractor, load_digits_classifier
 
 __all__ = [
@@ -136,8 +136,9 @@ def inception_status(weights_path: str | os.PathLike | None = None) -> tuple[Pat
 
 def _unavailable(reason: str) -> FeatureNetworkError:
     return FeatureNetworkError(
-        f"Inception FID features are unavailable offline ({reason}); use --fid_features digits, or install "
-        f"torch-fidelity with its weights cached locally (torch hub checkpoints or ${INCEPTION_WEIGHTS_ENV_VAR})."
+        f"fid_features: Inception FID features are unavailable offline ({reason}); use the digits features, or "
+        f"install torch-fidelity with its weights cached locally (torch hub checkpoints or ${INCEPTION_WEIGHTS_ENV_VAR}).",
+        parameter="fid_features",
     )
 
 
@@ -170,10 +171,10 @@ def make_fid_metric(
 
     Raises:
         FeatureNetworkError: `feature="inception"` but torch-fidelity or its weights are not available offline.
-        ValueError: Unknown `feature`.
+        ConfigError: Unknown `feature` (a `ValueError`).
     """
     if feature not in FID_FEATURES:
-        raise ValueError(f"--fid_features must be one of {FID_FEATURES}, got {feature!r}")
+        raise ConfigError(f"fid_features must be one of {FID_FEATURES}, got {feature!r}", parameter="fid_features")
     info: dict[str, Any] = {"requested": feature}
     if feature in ("inception", "auto"):
         path, reason = inception_status(inception_weights)
