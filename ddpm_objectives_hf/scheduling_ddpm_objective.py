@@ -456,9 +456,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         )
 
     # ------------------------------------------------------------------ weighting
-    def loss_weight(
-        self, timesteps: torch.Tensor | int, units: Literal["epsilon", "sample", "v_prediction", "mean"] | None = None
-    ) -> torch.Tensor:
+    def loss_weight(self, timesteps: torch.Tensor | int, units: PredictionType | None = None) -> torch.Tensor:
         """The configured weighting at t (float64): ε-units by default, or the native units of ``units``.
 
         In ε-units the loss is ``w · mean‖ε − ε̂‖²``; in the units of target T it is ``w_T · mean‖T − T̂‖²`` with

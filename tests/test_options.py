@@ -312,3 +312,17 @@ def test_plugin_scheduler_exactly_where_diffusers_lacks_the_value(prediction_typ
     diffusers_targets = typing.get_args(typing.get_type_hints(DDPMScheduler.__init__)["prediction_type"])
     scheduler = DDPMObjectiveScheduler(num_train_timesteps=20, prediction_type=prediction_type)
     assert needs_plugin_scheduler(scheduler) is (prediction_type not in diffusers_targets)
+
+
+def test_choice_descriptions_cover_exactly_the_signature_choices():
+    """The described choices (model card, help) are the signature's Literals: a new target cannot miss its text."""
+    from ddpm_objectives_hf.scheduling_ddpm_objective import LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
+
+    hints = typing.get_type_hints(DDPMObjectiveScheduler.__init__)
+    for name, described in (
+        ("prediction_type", PREDICTION_TYPES),
+        ("loss_type", LOSS_TYPES),
+        ("variance_type", VARIANCE_TYPES),
+    ):
+        assert typing.get_args(hints[name]) == tuple(described), name
+        assert all(text.strip() for text in described.values()), name
