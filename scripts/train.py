@@ -470,10 +470,11 @@ def check_output_dir(run: RunArguments) -> None:
             "folder",
             parameter="output_dir",
         )
-    if not run_results(out) or run.overwrite_output_dir:
+    results = run_results(out)
+    if not results or run.overwrite_output_dir:
         return  # (a run that failed before its first checkpoint left nothing to keep: it is replaced)
     checkpoints = [p.name for p in list_checkpoints(out)]
-    held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else "a final pipeline, no checkpoint"
+    held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"{results[0].name}, ..., no checkpoint"
     resume = run.resume_from_checkpoint
     if not resume:
         how = "--resume_from_checkpoint latest to continue it, " if checkpoints else ""

@@ -6,8 +6,8 @@
   and a completion record listing every file and its size (:data:`COMPLETE_MARKER`, written last) are added, and the
   folder is renamed to ``checkpoint-N``. A kill at any moment leaves the previous ``latest`` loadable.
 * **Safe resume.** Every file of a checkpoint is read as JSON, safetensors, or with ``torch.load(weights_only=True)``
-  (accelerate unpickles custom states with ``weights_only=False``; that is forced off here), so a checkpoint cannot run
-  code (`torch.load` security notes: https://pytorch.org/docs/stable/generated/torch.load.html).
+  (accelerate unpickles custom states with ``weights_only=False``; here it is forced to `True`), so a checkpoint cannot
+  run code (`torch.load` security notes: https://pytorch.org/docs/stable/generated/torch.load.html).
 * **Final save.** Everything is built in one staging folder (:data:`STAGING_FINAL`) inside the output folder, then
   swapped in entry by entry; an interrupted swap is finished at the next start (:func:`prepare_output_dir`).
 """
@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -74,8 +73,7 @@ def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[str],
     partial file. ``content`` is text, bytes, or a function that writes the file at the path it is given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    os.close(fd)
+    tmp = str(path.parent / f".tmp-{path.name}.{uuid.uuid4().hex[:8]}")  # the usual permissions, unlike mkstemp
     try:
         if callable(content):
             content(tmp)
@@ -164,8 +162,10 @@ def clean_leftovers(output_dir: str | os.PathLike) -> None:
         if staging.is_dir() and _is_leftover(staging.name) and (staging / STAGED_RECORD).is_file():
             _finish_swap(staging, root)
     for path in sorted(root.iterdir()):
-        if _is_leftover(path.name):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if _is_leftover(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif _is_leftover(path.name):
+            path.unlink(missing_ok=True)
 
 
 def prepare_output_dir(
