@@ -430,7 +430,8 @@ class DataStream:
 
 
 class TrainState:
-    """Step counter, data/noise generators and loss history, checkpointed with ``accelerator.save_state``."""
+    """Step counter, data/noise generators and loss history, checkpointed with ``accelerator.save_state``: plain
+    tensors only, so resuming reads them with ``torch.load(weights_only=True)`` (``checkpointing.load_checkpoint``)."""
 
     def __init__(self, stream: DataStream):
         self.step = 0
