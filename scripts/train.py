@@ -313,8 +313,9 @@ def build_unet(args: ModelArguments, resolution: int, channels: int, learned_var
         config.update(sample_size=resolution, in_channels=channels)
         if config.get("out_channels") not in (None, out_channels):
             raise ConfigError(
-                f"--model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
-                f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)"
+                f"model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
+                f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)",
+                parameter="model_config_name_or_path",
             )
         config["out_channels"] = out_channels
         model = UNet2DModel.from_config(config)
@@ -370,7 +371,7 @@ class DataStream:
             dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
         self.channels = data_args.channels or infer_channels(dataset, column)
         if self.channels not in (1, 3):
-            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}", parameter="channels")
         self.accelerator = accelerator
         self.batch_size = run.train_batch_size
         self.random_flip = data_args.random_flip
@@ -379,8 +380,9 @@ class DataStream:
         per_step = self.batch_size * accelerator.num_processes
         if self.num_images < per_step:
             raise ConfigError(
-                f"--train_batch_size {self.batch_size} × {accelerator.num_processes} processes needs at least "
-                f"{per_step} images; the data set has {self.num_images}"
+                f"train_batch_size {self.batch_size} × {accelerator.num_processes} processes needs at least "
+                f"{per_step} images; the data set has {self.num_images}",
+                parameter="train_batch_size",
             )
         self.in_memory = fits_in_memory(self.num_images, self.channels, resolution)
         self.generator = torch.Generator(device=accelerator.device).manual_seed(run.seed + accelerator.process_index)
@@ -453,128 +455,6 @@ class TrainState:
         self.history = [{"step": int(s), "loss": v, "images_per_s": r} for s, v, r in state["history"].tolist()]
 
 
-def check_output_dir(run: RunArguments) -> None:
-    """Never write into a non-empty folder this tool did not make, with or without ``--resume_from_checkpoint`` or
-    ``--overwrite_output_dir``; never mix two runs in a folder it made. Only reads: nothing is written until the run is
-    about to train (``prepare_output_dir``)."""
-    from ddpm_objectives_hf.training.checkpointing import RUN_MARKER, is_run_folder, list_checkpoints, run_results
-
-    out = Path(run.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {run.output_dir!r} exists and is not a folder", parameter="output_dir")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not is_run_folder(out):
-        raise ConfigError(
-            f"output_dir {run.output_dir!r} is not empty and was not made by this tool (no {RUN_MARKER}); nothing in "
-            "it is written, even with --overwrite_output_dir or --resume_from_checkpoint: choose a new or empty "
-            "folder",
-            parameter="output_dir",
-        )
-    results = run_results(out)
-    if not results or run.overwrite_output_dir:
-        return  # (a run that failed before its first checkpoint left nothing to keep: it is replaced)
-    checkpoints = [p.name for p in list_checkpoints(out)]
-    held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"{results[0].name}, ..., no checkpoint"
-    resume = run.resume_from_checkpoint
-    if not resume:
-        how = "--resume_from_checkpoint latest to continue it, " if checkpoints else ""
-        raise ConfigError(
-            f"output_dir {run.output_dir!r} is not empty: it holds an earlier run ({held}); pass {how}"
-            "--overwrite_output_dir to replace it (checkpoints included), or choose a new folder",
-            parameter="output_dir",
-        )
-    path = Path(resume)
-    if resume != "latest" and (path.is_absolute() or path.exists()) and path.resolve().parent != out.resolve():
-        raise ConfigError(
-            f"output_dir {run.output_dir!r} holds an earlier run ({held}) and --resume_from_checkpoint {resume!r} "
-            "is a checkpoint of another folder: the two runs would mix; pass --overwrite_output_dir to replace it, "
-            "or choose a new folder",
-            parameter="output_dir",
-        )
-
-
-# What a checkpoint's run is (JSON in each checkpoint): a resume with other values of these is another run.
-_MODEL_CONFIG_FLAGS = {
-    "block_out_channels": "block_out_channels",
-    "layers_per_block": "layers_per_block",
-    "norm_num_groups": "norm_num_groups",
-    "dropout": "dropout",
-    "down_block_types": "attention_resolution_index",
-    "up_block_types": "attention_resolution_index",
-    "sample_size": "resolution",
-    "in_channels": "channels",
-    "out_channels": "variance_type",
-}
-_IDENTITY_FLAGS = {"num_images": "max_train_samples"}  # num_processes: accelerate launch --num_processes
-
-
-def run_identity(
-    scheduler, unet_config, stream: DataStream, resolution: int, data_args: DataArguments, obj, run: RunArguments
-) -> dict:
-    """The objective (scheduler config), the model config and the data of this run, keyed by parameter name."""
-    from ddpm_objectives_hf.training.pipelines import objective_config
-
-    return {
-        **objective_config(scheduler),
-        "timestep_sampler": obj.timestep_sampler,
-        "use_ema": run.use_ema,
-        "model": {k: v for k, v in dict(unet_config).items() if not k.startswith("_")},
-        "dataset_name": data_args.dataset_name,
-        "dataset_config_name": data_args.dataset_config_name,
-        "train_data_dir": data_args.train_data_dir,
-        "resolution": resolution,
-        "channels": stream.channels,
-        "num_images": stream.num_images,
-        "train_batch_size": run.train_batch_size,
-        "gradient_accumulation_steps": run.gradient_accumulation_steps,
-        "num_processes": stream.accelerator.num_processes,
-    }
-
-
-def check_same_run(path: Path, identity: dict, run: RunArguments) -> int:
-    """Refuse a checkpoint of another run (naming the flags that differ) or one past ``--max_train_steps``; return
-    its step. Reads only JSON."""
-    from ddpm_objectives_hf.cli import flag
-    from ddpm_objectives_hf.training.checkpointing import checkpoint_step, identity_differences, verify_checkpoint
-
-    differences = identity_differences(verify_checkpoint(path), identity)
-    if differences:
-        parts: dict[str, str] = {}
-        for key, saved, current in differences:
-            in_model = key.startswith("model.")
-            name = key.split(".", 1)[1] if in_model else key
-            parameter = _MODEL_CONFIG_FLAGS.get(name, "model_config_name_or_path") if in_model else name
-            parameter = _IDENTITY_FLAGS.get(parameter, parameter)
-            label = flag(parameter) + ("" if name == parameter else f" ({name})")
-            parts.setdefault(flag(parameter), f"{label}: checkpoint {saved!r}, this run {current!r}")
-        raise CheckpointError(
-            f"resume_from_checkpoint {str(path)!r} is of another run: {'; '.join(parts.values())}; pass that run's "
-            "flags, or --overwrite_output_dir / a new --output_dir to start over",
-            parameter="resume_from_checkpoint",
-        )
-    step = checkpoint_step(path)
-    if step > run.max_train_steps:
-        raise ConfigError(
-            f"max_train_steps {run.max_train_steps} is below the step of --resume_from_checkpoint {str(path)!r} "
-            f"({step}); pass --max_train_steps {step} or more",
-            parameter="max_train_steps",
-        )
-    return step
-
-
-def check_finite_weights(model, ema, step: int) -> None:
-    """The weights (and their EMA) are finite, else stop before anything is saved (one host synchronisation)."""
-    from ddpm_objectives_hf.training.checkpointing import all_finite
-
-    tensors = [*model.parameters(), *(ema.shadow_params if ema is not None else [])]
-    if not all_finite(tensors):
-        raise TrainingError(
-            f"the weights became NaN/inf by step {step} (the loss was still finite); stopping without saving "
-            "weights: lower --learning_rate or check --loss_weighting"
-        )
-
-
 @torch.no_grad()
 def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, seed: int, device):
     """A grid of samples from the model with the objective's own scheduler (diffusers' DDPMPipeline)."""
@@ -613,19 +493,31 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     from tqdm.auto import tqdm
 
     from ddpm_objectives_hf import diffusion_loss, make_timestep_sampler
+    from ddpm_objectives_hf.cli import flag
     from ddpm_objectives_hf.training.checkpointing import (
+        check_finite_weights,
+        check_same_run,
+        load_checkpoint,
+        resolve_checkpoint,
+        run_identity,
+        save_checkpoint,
+    )
+    from ddpm_objectives_hf.training.run_folder import (
         FINAL_OUTPUTS,
         atomic_write,
-        load_checkpoint,
+        check_output_dir,
         prepare_output_dir,
-        resolve_checkpoint,
-        save_checkpoint,
         staged_outputs,
     )
 
     # 0. Objective, output folder, processes
     scheduler = build_scheduler(obj)
-    check_output_dir(run)
+    check_output_dir(
+        run.output_dir,
+        overwrite_output_dir=run.overwrite_output_dir,
+        resume_from_checkpoint=run.resume_from_checkpoint,
+        name_of=flag,
+    )
     report_to = None if run.report_to in ("none", "", None) else run.report_to
     accelerator = Accelerator(
         gradient_accumulation_steps=run.gradient_accumulation_steps,
@@ -646,8 +538,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         logger.info("training with %d process(es) on %s", accelerator.num_processes, accelerator.device)
 
     # 1. Data: x0 ~ p_data
-    default_resolution = 8 if not (data_args.dataset_name or data_args.train_data_dir) else 32
-    resolution = data_args.resolution or default_resolution
+    resolution = _resolution(data_args)
     stream = DataStream(data_args, run, accelerator, resolution)
 
     # 2. Model ε_θ(x_t, t): a UNet with sinusoidal time embedding, its EMA, optimizer and LR schedule
@@ -675,15 +566,15 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         eps=run.adam_epsilon,
         **_adamw_implementation(accelerator.device),
     )
-    try:
-        lr_scheduler = get_scheduler(
-            run.lr_scheduler,
-            optimizer=optimizer,
-            num_warmup_steps=run.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=run.max_train_steps * accelerator.num_processes,
-        )
-    except ValueError as err:
-        raise ConfigError(f"--lr_scheduler {run.lr_scheduler!r}: {err}") from err
+    # check_arguments built this schedule already (it cannot fail here): get_scheduler only checks that the step
+    # counts are given and, for polynomial, that lr_end < learning_rate; the × num_processes (the prepared scheduler
+    # steps once per process) changes neither.
+    lr_scheduler = get_scheduler(
+        run.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=run.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=run.max_train_steps * accelerator.num_processes,
+    )
     if run.compile:
         model = torch.compile(model)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
@@ -703,11 +594,25 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
 
     # 3. Resume: only a checkpoint of this same run, read without running code; then claim the output folder
     unet_config = getattr(accelerator.unwrap_model(model), "_orig_mod", accelerator.unwrap_model(model)).config
-    identity = run_identity(scheduler, unet_config, stream, resolution, data_args, obj, run)
+    identity = run_identity(
+        scheduler,
+        unet_config,
+        timestep_sampler=obj.timestep_sampler,
+        use_ema=run.use_ema,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_data_dir=data_args.train_data_dir,
+        resolution=resolution,
+        channels=stream.channels,
+        num_images=stream.num_images,
+        train_batch_size=run.train_batch_size,
+        gradient_accumulation_steps=run.gradient_accumulation_steps,
+        num_processes=accelerator.num_processes,
+    )
     resumed_here = None  # the step of the checkpoint of --output_dir this run continues
     if run.resume_from_checkpoint:
         path = resolve_checkpoint(run.resume_from_checkpoint, run.output_dir)
-        step = check_same_run(path, identity, run)
+        step = check_same_run(path, identity, max_train_steps=run.max_train_steps, name_of=flag)
         load_checkpoint(accelerator, path)
         if state.step != step:
             raise CheckpointError(
@@ -802,7 +707,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
             window_start, window_steps = time.perf_counter(), 0
 
         if state.step % run.checkpointing_steps == 0 and not last:
-            check_finite_weights(model, ema, state.step)  # the loss was checked above
+            check_finite_weights(model, ema, state.step, name_of=flag)  # the loss was checked above
             save_checkpoint(accelerator, run.output_dir, state.step, run.checkpoints_total_limit, identity=identity)
 
         if run.save_images_steps and state.step % run.save_images_steps == 0 and not last:
@@ -823,14 +728,14 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         if ema is not None:
             ema.copy_to(unet.parameters())
         unet = unet.to(memory_format=torch.contiguous_format).float()
-        check_finite_weights(unet, None, state.step)
+        check_finite_weights(unet, None, state.step, name_of=flag)
         with staged_outputs(output_dir, remove=FINAL_OUTPUTS, label="final") as staging:
-            _save_everything(unet, scheduler, state, data_args, obj, run, staging)
+            write_card = _save_everything(unet, scheduler, state, data_args, obj, run, staging)
         logger.info("saved the pipeline, samples and model card to %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if run.push_to_hub and accelerator.is_main_process:
-        _push(run, output_dir)
+        _push(run, output_dir, write_card)
     return output_dir
 
 
@@ -851,7 +756,11 @@ def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments):
             ema.restore(unet.parameters())
 
 
-def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: RunArguments, output_dir: Path) -> None:
+def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: RunArguments, output_dir: Path):
+    """Pipeline, samples, plots, loss history and model card into ``output_dir``; returns the card's writer
+    ``write_card(folder, repo_id=...)`` (the push renders it again once the Hub gives the full repo id)."""
+    import functools
+
     from ddpm_objectives_hf.training.model_card import write_model_card
     from ddpm_objectives_hf.training.pipelines import needs_plugin_scheduler, objective_config, save_pipeline
     from ddpm_objectives_hf.training.plots import plot_loss_curve, plot_weighting
@@ -877,10 +786,9 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
     images = {"samples": "samples.png", "weighting": "weighting.png"}
     if state.history:
         images["loss"] = "loss.png"
-    write_model_card(
-        output_dir,
+    write_card = functools.partial(
+        write_model_card,
         objective={**objective_config(scheduler), "timestep_sampler": obj.timestep_sampler},
-        repo_id=run.hub_model_id if run.push_to_hub else None,  # else the snippet loads the folder by its name
         folder_name=Path(run.output_dir).resolve().name,  # output_dir is the staging folder
         dataset_name=dataset,
         metrics={"final_loss": final_loss},
@@ -896,11 +804,18 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
         },
         plugin_scheduler=needs_plugin_scheduler(scheduler),
     )
+    write_card(output_dir, repo_id=run.hub_model_id if run.push_to_hub else None)  # None: the folder's name
+    return write_card
 
 
-def _push(run: RunArguments, output_dir: Path) -> None:
-    from ddpm_objectives_hf.training.checkpointing import LOCAL_ONLY_PATTERNS
+def _push(run: RunArguments, output_dir: Path, write_card) -> None:
     from ddpm_objectives_hf.training.hub import DEFAULT_IGNORE_PATTERNS, push_to_hub, resolve_repo_id
+    from ddpm_objectives_hf.training.run_folder import LOCAL_ONLY_PATTERNS
+
+    def name_repo_in_card(full_id: str) -> None:
+        """A bare --hub_model_id (or none) gets its namespace from the Hub: the pushed card's snippet loads it."""
+        if full_id != run.hub_model_id:
+            write_card(output_dir, repo_id=full_id)  # README.md, replaced atomically
 
     repo_id = resolve_repo_id(run.hub_model_id, str(output_dir))  # a bare name gets its namespace from the Hub
     url = push_to_hub(
@@ -910,6 +825,7 @@ def _push(run: RunArguments, output_dir: Path) -> None:
         token=run.hub_token,
         endpoint=run.hub_endpoint,
         ignore_patterns=(*DEFAULT_IGNORE_PATTERNS, *LOCAL_ONLY_PATTERNS),  # leftovers of interrupted saves, the marker
+        before_upload=name_repo_in_card,
     )
     logger.info("pushed to %s", url)
 

@@ -26,14 +26,14 @@ import pytest
 import torch
 from test_train import UNET_WEIGHTS, load_and_sample, run_error, run_ok, snapshot, tiny_args, unet_weights
 
-from ddpm_objectives_hf.training.checkpointing import (
+from ddpm_objectives_hf.training.checkpointing import verify_checkpoint
+from ddpm_objectives_hf.training.run_folder import (
     COMPLETE_MARKER,
     LOCAL_ONLY_PATTERNS,
     RUN_MARKER,
     STOP_AT_ENV,
     clean_leftovers,
     list_checkpoints,
-    verify_checkpoint,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +28,7 @@ train = importlib.import_module("scripts.train")
 evaluate = importlib.import_module("scripts.evaluate")
 
 T = 50  # the tiny run's num_train_timesteps
-TINY = [
-    "--block_out_channels", "8", "16",
-    "--layers_per_block", "1",
-    "--norm_num_groups", "4",
-    "--attention_resolution_index", "-1",
-    "--train_batch_size", "16",
-    "--logging_steps", "2",
-    "--num_inference_steps", "3",
-    "--num_sample_images", "4",
-    "--num_train_timesteps", str(T),
-    "--report_to", "none",
-]  # fmt: skip
+TINY = [*tiny.TINY, "--num_inference_steps", "3", "--num_train_timesteps", str(T)]
 EVAL = [
     "--max_eval_samples", "16", "--num_samples", "8", "--num_inference_steps", "3", "--num_bpd_timesteps", "5",
     "--pilot_images", "2", "--pilot_grid", "8", "--fid_features", "none", "--no_full_bpd", "--device", "cpu",

@@ -19,6 +19,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import numpy as np
 import pytest
+import tiny
 import torch
 import yaml
 from hub_server import FakeHub, hub_server  # noqa: F401
@@ -37,18 +38,7 @@ def _load_train_module():
 train_script = _load_train_module()
 
 TOKEN = "hf_fake_secret"
-TINY = [
-    "--block_out_channels", "8", "16",
-    "--layers_per_block", "1",
-    "--norm_num_groups", "4",
-    "--attention_resolution_index", "-1",
-    "--train_batch_size", "16",
-    "--logging_steps", "2",
-    "--checkpointing_steps", "1000",
-    "--num_inference_steps", "5",
-    "--num_sample_images", "4",
-    "--report_to", "none",
-]  # fmt: skip
+TINY = [*tiny.TINY, "--checkpointing_steps", "1000", "--num_inference_steps", "5"]
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 ERROR_PREFIX = "train.py: error:"
 
@@ -530,6 +520,28 @@ def test_push_to_hub_one_commit_private_without_token_leaks(
     for path in out.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("hub_model_id", ["digits", None])
+def test_push_with_a_bare_name_names_the_full_repo_in_the_card(
+    hub_model_id: str | None,
+    hub_server: FakeHub,  # noqa: F811
+    tmp_path: Path,
+    capsys,
+):
+    """A bare --hub_model_id (or none: the folder's name) gets its namespace from the Hub; the card that is pushed
+    (and the local one) loads the full `namespace/name`."""
+    from ddpm_objectives_hf.training.model_card import python_string
+
+    out = tmp_path / "digits"
+    name = ["--hub_model_id", hub_model_id] if hub_model_id else []
+    argv = tiny_args(out, "--push_to_hub", *name, "--hub_endpoint", hub_server.endpoint, "--hub_token", TOKEN, steps=2)
+    run_ok(argv, capsys)
+    full_id = f"{hub_server.user}/digits"
+    assert set(hub_server.repos) == {full_id}
+    pushed = hub_server.commits[0].files["README.md"].decode()
+    assert f"from_pretrained({python_string(full_id)}" in pushed
+    assert (out / "README.md").read_text() == pushed
 
 
 def _closed_port_endpoint() -> str:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.checkpointing import atomic_write as _atomic_write
+from ..training.run_folder import atomic_write as _atomic_write
 from ..training.data import load_digits_split
 
 __all__ = [

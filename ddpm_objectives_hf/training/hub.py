@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
 from ..errors import HubError
-from .checkpointing import LEFTOVER_PREFIXES
+from .run_folder import LEFTOVER_PREFIXES
 
 __all__ = ["DEFAULT_IGNORE_PATTERNS", "HubError", "push_to_hub", "resolve_repo_id"]
 
@@ -115,6 +115,7 @@ def push_to_hub(
     endpoint: str | None = None,
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
     ignore_patterns: Sequence[str] = DEFAULT_IGNORE_PATTERNS,
+    before_upload: Callable[[str], object] | None = None,
 ) -> str:
     """Create the model repository if needed and upload the pipeline folder to it in a single commit.
 
@@ -127,6 +128,9 @@ def push_to_hub(
         endpoint: Hub endpoint (e.g. a local test server); `HF_ENDPOINT` / huggingface.co when `None`.
         commit_message: Message of the commit.
         ignore_patterns: fnmatch patterns (relative paths) of files that must not be uploaded.
+        before_upload: Called with the full `namespace/name` once the repository exists and before anything is
+            uploaded, e.g. to write it into the model card when `repo_id` was a bare name. Its errors propagate
+            as they are (they are not the Hub's).
 
     Returns:
         The URL of the commit (the repository URL if the server did not return one).
@@ -145,6 +149,11 @@ def push_to_hub(
     where = api.endpoint.rstrip("/")
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    except Exception as exc:  # every failure becomes a HubError
+        raise _hub_error(exc, repo_id=repo_id, endpoint=where, token=token) from exc
+    if before_upload is not None:
+        before_upload(repo_url.repo_id)
+    try:
         logger.info("Uploading %s to %s/%s (private=%s)", folder, where, repo_url.repo_id, private)
         info = api.upload_folder(
             repo_id=repo_url.repo_id,

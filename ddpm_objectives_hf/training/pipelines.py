@@ -63,10 +63,10 @@ def save_pipeline(
     """Write ``model_index.json``, ``unet/`` (safetensors), ``scheduler/`` and ``objective.json`` into ``output_dir``.
 
     The pipeline is written to a ``.pipeline-*`` folder inside ``output_dir`` first and then swapped in
-    (:func:`~ddpm_objectives_hf.training.checkpointing.staged_outputs`), so an error leaves ``output_dir`` as it was.
+    (:func:`~ddpm_objectives_hf.training.run_folder.staged_outputs`), so an error leaves ``output_dir`` as it was.
     Non-finite weights are refused (:class:`PipelineError`).
     """
-    from .checkpointing import staged_outputs
+    from .run_folder import staged_outputs
 
     for name, param in unet.named_parameters():
         if not torch.isfinite(param).all():

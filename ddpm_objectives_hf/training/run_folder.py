@@ -1,0 +1,333 @@
+"""The output folder of a run: owned, written atomically, and swapped in as a whole.
+
+* **Ownership.** A folder this tool makes gets :data:`RUN_MARKER` (a small JSON file naming the tool) before anything
+  else; a non-empty folder without it is never written to (:func:`check_output_dir`, :func:`prepare_output_dir`).
+* **One run per folder.** A folder holding an earlier run is only continued from one of its checkpoints or replaced
+  as a whole (``overwrite_output_dir``): two runs never mix.
+* **Atomic files.** :func:`atomic_write` writes through a temporary file and ``os.replace``.
+* **Final save.** Everything is built in one staging folder (:data:`STAGING_FINAL`) inside the output folder, then
+  swapped in entry by entry (:func:`staged_outputs`); an interrupted swap is finished at the next start
+  (:func:`clean_leftovers`).
+
+Checkpoints themselves (save, verify, load, the run's identity) are in :mod:`.checkpointing`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from ..errors import ConfigError
+
+TOOL = "ddpm_objectives_hf"
+RUN_MARKER = "ddpm_objectives_run.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+COMPLETE_MARKER = "checkpoint_complete"
+STAGING_FINAL = ".staging-final"
+STAGED_RECORD = ".staged.json"
+TRASH_PREFIX = ".staging-trash-"
+#: What a run's final save writes (swapped in as a whole; one it does not rewrite is removed).
+FINAL_OUTPUTS = (
+    "model_index.json",
+    "unet",
+    "scheduler",
+    "objective.json",
+    "README.md",
+    "samples.png",
+    "weighting.png",
+    "loss.png",
+    "loss_history.json",
+)
+#: Dot-folders and files of interrupted saves (removed at the next start; never uploaded).
+LEFTOVER_PREFIXES = (".checkpoint-", ".pipeline-", ".staging", ".tmp")
+#: What stays local: leftovers and the ownership marker (fnmatch patterns, `*` also matches `/`).
+LOCAL_ONLY_PATTERNS = (*(f"{prefix}*" for prefix in LEFTOVER_PREFIXES), RUN_MARKER)
+#: Testing hook for the kill -9 tests: a comma-separated list of named points at which the process stops itself
+#: (SIGSTOP) after saying so on stderr. Read once at import; unset, a point costs one set lookup.
+STOP_AT_ENV = "DDPM_OBJECTIVES_HF_STOP_AT"
+_STOP_AT = frozenset(filter(None, os.environ.get(STOP_AT_ENV, "").split(",")))
+
+
+def fault_point(name: str) -> None:
+    """Stop here (SIGSTOP) if ``name`` is listed in ``$DDPM_OBJECTIVES_HF_STOP_AT``: the test then copies the folder
+    (what a kill at this moment would leave), resumes the process or kills it."""
+    if name in _STOP_AT:
+        print(f"{TOOL}: stopped at {name}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[str], object]) -> Path:
+    """Write ``path`` via a temporary file in the same folder and ``os.replace``: readers (and a kill) never see a
+    partial file. ``content`` is text, bytes, or a function that writes the file at the path it is given."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.parent / f".tmp-{path.name}.{uuid.uuid4().hex[:8]}")  # the usual permissions, unlike mkstemp
+    try:
+        if callable(content):
+            content(tmp)
+        elif isinstance(content, bytes):
+            Path(tmp).write_bytes(content)
+        else:
+            Path(tmp).write_text(content)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path`` (never unpickled); :class:`ValueError` if it is not one."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path.name} is not JSON ({type(err).__name__})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return data
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or folder: a folder is first renamed to a leftover name, so a kill mid-way leaves no half
+    folder under its real name (only a leftover, removed at the next start)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        trash = path.parent / f"{TRASH_PREFIX}{uuid.uuid4().hex[:8]}"
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        path.unlink()
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (``checkpoint-N`` holding :data:`COMPLETE_MARKER`) in ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / COMPLETE_MARKER).is_file()]
+
+
+# ---------------------------------------------------------------------------------------------------- output folder
+def is_run_folder(output_dir: str | os.PathLike) -> bool:
+    """Whether ``output_dir`` was made by this tool (it holds :data:`RUN_MARKER` naming it)."""
+    marker = Path(output_dir) / RUN_MARKER
+    try:
+        return marker.is_file() and read_json(marker).get("created_by") == TOOL
+    except (OSError, ValueError):
+        return False
+
+
+def _is_leftover(name: str) -> bool:
+    return name.startswith(LEFTOVER_PREFIXES)
+
+
+def run_outputs(output_dir: str | os.PathLike) -> list[Path]:
+    """The entries of ``output_dir`` that are outputs of a run (not the marker, not leftovers of interrupted saves)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name != RUN_MARKER and not _is_leftover(p.name))
+
+
+def run_results(output_dir: str | os.PathLike) -> list[Path]:
+    """What a run in ``output_dir`` produced that is worth keeping: complete checkpoints, final outputs, sample grids
+    (a run that failed before its first checkpoint has none)."""
+    root = Path(output_dir)
+    kept = [*FINAL_OUTPUTS, "samples"]
+    return [*list_checkpoints(root), *(root / name for name in kept if (root / name).exists())]
+
+
+def clean_leftovers(output_dir: str | os.PathLike) -> None:
+    """Finish an interrupted swap whose staging folder was complete, then remove every leftover of interrupted saves
+    (``.checkpoint-N.tmp``, ``.pipeline-*``, ``.staging*``, ``.tmp*``). Only call it on a folder this tool made."""
+    root = Path(output_dir)
+    for staging in sorted(root.iterdir()):
+        if staging.is_dir() and _is_leftover(staging.name) and (staging / STAGED_RECORD).is_file():
+            _finish_swap(staging, root)
+    for path in sorted(root.iterdir()):
+        if _is_leftover(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif _is_leftover(path.name):
+            path.unlink(missing_ok=True)
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    *,
+    overwrite_output_dir: bool = False,
+    resume_from_checkpoint: str | None = None,
+    name_of: Callable[[str], str] = str,
+) -> None:
+    """Refuse an ``output_dir`` a run must not write to; only reads (nothing is written until
+    :func:`prepare_output_dir`).
+
+    Never a non-empty folder this tool did not make (with or without ``overwrite_output_dir`` or
+    ``resume_from_checkpoint``); never two runs mixed in a folder it made: a folder holding an earlier run is only
+    continued from one of its own checkpoints, or replaced with ``overwrite_output_dir``.
+
+    Args:
+        output_dir: The run's folder.
+        overwrite_output_dir: Replace an earlier run of this tool in it.
+        resume_from_checkpoint: ``"latest"`` or a checkpoint folder the run continues, or `None`.
+        name_of: How messages name the other parameters (the command line passes ``cli.flag``: ``--name``).
+
+    Raises:
+        ConfigError: With ``parameter="output_dir"``, saying which folder and what to do.
+    """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a folder", parameter="output_dir")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    overwrite, resume = name_of("overwrite_output_dir"), name_of("resume_from_checkpoint")
+    if not is_run_folder(out):
+        raise ConfigError(
+            f"output_dir {str(output_dir)!r} is not empty and was not made by this tool (no {RUN_MARKER}); nothing "
+            f"in it is written, even with {overwrite} or {resume}: choose a new or empty folder",
+            parameter="output_dir",
+        )
+    results = run_results(out)
+    if not results or overwrite_output_dir:
+        return  # (a run that failed before its first checkpoint left nothing to keep: it is replaced)
+    checkpoints = [p.name for p in list_checkpoints(out)]
+    held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"{results[0].name}, ..., no checkpoint"
+    if not resume_from_checkpoint:
+        how = f"{resume} latest to continue it, " if checkpoints else ""
+        raise ConfigError(
+            f"output_dir {str(output_dir)!r} is not empty: it holds an earlier run ({held}); pass {how}"
+            f"{overwrite} to replace it (checkpoints included), or choose a new folder",
+            parameter="output_dir",
+        )
+    path = Path(resume_from_checkpoint)
+    if (
+        resume_from_checkpoint != "latest"
+        and (path.is_absolute() or path.exists())
+        and path.resolve().parent != out.resolve()
+    ):
+        raise ConfigError(
+            f"output_dir {str(output_dir)!r} holds an earlier run ({held}) and {resume} {resume_from_checkpoint!r} "
+            f"is a checkpoint of another folder: the two runs would mix; pass {overwrite} to replace it, or choose "
+            "a new folder",
+            parameter="output_dir",
+        )
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike, *, replace: bool = False, resumed_step: int | None = None
+) -> None:
+    """Claim ``output_dir`` for a run that is about to train (main process, after all checks passed).
+
+    Writes :data:`RUN_MARKER` first, finishes or discards interrupted saves, and removes the folders of
+    ``checkpoint-N`` that are incomplete or newer than ``resumed_step`` (the step resumed from a checkpoint of this
+    folder: what comes after it is replaced by this run). With ``replace``, every other output of a previous run goes
+    too (its checkpoints included, except the ones this run resumes from), so two runs never mix; so do the
+    remains of a run that failed before its first checkpoint (:func:`run_results`: none).
+
+    Args:
+        output_dir: The run's folder; it must be empty, missing, or made by this tool.
+        replace: Remove a previous run's outputs (``overwrite_output_dir``).
+        resumed_step: Step of the checkpoint of this folder the run resumed from, or `None`.
+    """
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not is_run_folder(root):
+        if run_outputs(root):
+            raise ConfigError(f"output_dir '{root}' is not empty and was not made by {TOOL}", parameter="output_dir")
+        write_json(root / RUN_MARKER, {"created_by": TOOL, "format": 1})
+    clean_leftovers(root)
+    replace = replace or not run_results(root)  # a run that failed before its first checkpoint: nothing to keep
+    for path in run_outputs(root):
+        match = CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir():
+            step = int(match.group(1))
+            keep = resumed_step is not None and step <= resumed_step
+            if (path / COMPLETE_MARKER).is_file() and (keep or not (replace or resumed_step is not None)):
+                continue
+        elif not replace:
+            continue
+        remove_path(path)
+
+
+# ---------------------------------------------------------------------------------------------------- staging
+def _finish_swap(staging: Path, root: Path) -> None:
+    """Move the entries of a complete staging folder into ``root`` (idempotent: a kill mid-way is finished by calling
+    it again). ``model_index.json`` goes out first and comes back last, so no reader loads a half-swapped pipeline."""
+    record = read_json(staging / STAGED_RECORD)
+    last = [name for name in record["entries"] if name == "model_index.json"]
+    first = [name for name in record["entries"] if name not in last]
+    trash = root / f"{TRASH_PREFIX}{staging.name.lstrip('.')}"
+    trash.mkdir(exist_ok=True)
+
+    def retire(name: str) -> None:
+        target = root / name
+        if target.exists() or target.is_symlink():
+            if (trash / name).exists():
+                remove_path(trash / name)
+            os.replace(target, trash / name)
+
+    for name in last:
+        if (staging / name).exists():
+            retire(name)
+    for index, name in enumerate(first):
+        if (staging / name).exists():
+            if (root / name).is_dir() or (staging / name).is_dir():
+                retire(name)
+            os.replace(staging / name, root / name)
+        if index == len(first) // 2 and record.get("label"):
+            fault_point(f"{record['label']}:swapping")
+    for name in record.get("remove", []):
+        if name not in record["entries"]:
+            retire(name)
+    for name in last:
+        if (staging / name).exists():
+            os.replace(staging / name, root / name)
+    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_outputs(
+    output_dir: str | os.PathLike, name: str = STAGING_FINAL, remove: Iterable[str] = (), label: str | None = None
+) -> Iterator[Path]:
+    """Build outputs in ``output_dir/name``, then swap them in as a whole.
+
+    On an error inside the block the staging folder is removed and ``output_dir`` is as it was. Once the block ends,
+    a record of the entries is written (the commit point) and they replace those of ``output_dir``; entries named in
+    ``remove`` that were not rebuilt are removed. A kill after the commit point is finished by
+    :func:`clean_leftovers` at the next start.
+
+    Args:
+        output_dir: Where the outputs go.
+        name: The staging folder's name (a dot-folder that uploads ignore).
+        remove: Outputs of a previous save that must not survive this one if it does not rewrite them.
+        label: Name of the :func:`fault_point`\\ s (`None`: none).
+    """
+    root = Path(output_dir)
+    staging = root / name
+    remove_path(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if label:
+        fault_point(f"{label}:staged")
+    entries = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
+    write_json(staging / STAGED_RECORD, {"entries": entries, "remove": sorted(remove), "label": label})
+    _finish_swap(staging, root)
