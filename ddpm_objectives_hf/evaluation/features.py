@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.run_folder import atomic_write as _atomic_write
 from ..training.data import load_digits_split
+from ..training.run_folder import atomic_write as _atomic_write
 
 __all__ = [
     "CLASSIFIER_VERSION",
