@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler
 from diffusers.configuration_utils import register_to_config
+from tiny import tiny_unet
 from transformers import HfArgumentParser
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler, diffusion_loss, register_weighting
@@ -109,20 +110,6 @@ def tilted_registered():
     WEIGHTINGS.pop("tilted", None)
 
 
-def _tiny_unet(out_channels: int = 1) -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=out_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    )
-
-
 def _parser(scheduler_class=DDPMObjectiveScheduler) -> HfArgumentParser:
     return HfArgumentParser(objective_arguments(scheduler_class))
 
@@ -158,7 +145,7 @@ def test_new_weighting_parameter_is_one_keyword(tilted_registered, tmp_path: Pat
     assert not torch.allclose(scheduler.loss_weight(t), (1.0 + scheduler.snr(t)) ** -0.5)
 
     # trains a few steps
-    unet = _tiny_unet()
+    unet = tiny_unet()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
@@ -235,7 +222,7 @@ def test_saved_keys_are_the_config_minus_ddpm_schedulers(tmp_path: Path):
     expected = _signature_names(DDPMObjectiveScheduler) - _signature_names(DDPMScheduler)
     assert expected and set(DDPMObjectiveScheduler.objective_option_names()) == expected
     scheduler = DDPMObjectiveScheduler(num_train_timesteps=20, loss_weighting="p2", p2_k=2.0)
-    save_pipeline(_tiny_unet(), scheduler, tmp_path)
+    save_pipeline(tiny_unet(), scheduler, tmp_path)
     objective = json.loads((tmp_path / "objective.json").read_text())
     assert set(objective) - EXTRA == expected
     assert {k: objective[k] for k in expected} == {k: scheduler.config[k] for k in expected}
@@ -249,7 +236,7 @@ def test_saved_keys_are_the_config_minus_ddpm_schedulers(tmp_path: Path):
 
 def test_learned_variance_pipeline_from_elsewhere_gets_the_hybrid_loss(tmp_path: Path):
     pipeline = DDPMPipeline(
-        unet=_tiny_unet(2), scheduler=DDPMScheduler(num_train_timesteps=20, variance_type="learned_range")
+        unet=tiny_unet(2), scheduler=DDPMScheduler(num_train_timesteps=20, variance_type="learned_range")
     )
     pipeline.save_pretrained(tmp_path)
     _, scheduler, _ = load_for_evaluation(str(tmp_path))

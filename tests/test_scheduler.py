@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline
 from reference import np_schedule
+from tiny import tiny_unet
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
 
@@ -397,20 +398,6 @@ def test_scheduler_save_load_round_trip(tmp_path):
     assert again.config.loss_weighting == "p2" and again.config.p2_gamma == 0.5
 
 
-def _tiny_unet(out_channels: int = 1) -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=out_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    )
-
-
 @pytest.mark.parametrize(
     "scheduler_kwargs",
     [
@@ -422,7 +409,7 @@ def _tiny_unet(out_channels: int = 1) -> UNet2DModel:
 def test_pipeline_save_and_reload(tmp_path, scheduler_kwargs):
     learned = scheduler_kwargs.get("variance_type") == "learned_range"
     scheduler = DDPMObjectiveScheduler(num_train_timesteps=100, **scheduler_kwargs)
-    pipe = DDPMPipeline(unet=_tiny_unet(2 if learned else 1), scheduler=scheduler)
+    pipe = DDPMPipeline(unet=tiny_unet(2 if learned else 1), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path)
     reloaded = DiffusionPipeline.from_pretrained(tmp_path)
