@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
@@ -23,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import ConfigError
 from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, check_range
 from .weighting import WeightingFn, evaluate_weighting, weighting_name
 
 PredictionType = Literal["epsilon", "sample", "v_prediction", "mean"]
@@ -51,27 +50,10 @@ VARIANCE_TYPES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Bound:
-    """A lower bound on a numeric option, carried by its annotation: ``snr_gamma: Annotated[float, Bound(">", 0)]``.
-
-    :meth:`DDPMObjectiveScheduler.check_options` reads it, so a new option states its valid range where it is
-    declared (in the ``__init__`` signature) and nowhere else.
-    """
-
-    op: Literal[">", ">="]
-    value: float
-
-    def holds(self, x: float) -> bool:
-        return x > self.value if self.op == ">" else x >= self.value
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.value:g}"
-
-
-Positive = Annotated[float, Bound(">", 0)]
-NonNegative = Annotated[float, Bound(">=", 0)]
-PositiveInt = Annotated[int, Bound(">=", 1)]
+# Bounds of numeric options, carried by their annotation and checked by `DDPMObjectiveScheduler.check_options`
+Positive = Annotated[float, POSITIVE]
+NonNegative = Annotated[float, NON_NEGATIVE]
+PositiveInt = Annotated[int, POSITIVE_INT]
 
 # The beta schedules built from `beta_start` and `beta_end` (`squaredcos_cap_v2` is not).
 _BETA_RANGE_SCHEDULES = ("linear", "scaled_linear", "sigmoid")
@@ -195,7 +177,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         """Raise a `ConfigError` (a `ValueError`) naming the first invalid option of ``options``.
 
         Each option present is checked against its annotation in ``cls.__init__``: a ``Literal`` lists the valid
-        values; an ``int`` or ``float`` must be a finite number of that kind, within its `Bound` if annotated with
+        values; an ``int`` or ``float`` must be a finite number of that kind, within its `Range` if annotated with
         one (`Positive`, `NonNegative`, `PositiveInt`). Then the rules between options: ``0 < beta_start <=
         beta_end < 1`` for the schedules built from them; `hybrid` needs a `learned_range` variance; a
         `learned_range` variance needs the `kl` or `hybrid` loss (:meth:`with_learned_variance` chooses one).
@@ -209,14 +191,8 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             if get_origin(kind) is Literal:
                 _check_choice(name, value, get_args(kind))
             elif kind in (int, float):
-                bounds = [b for b in bounds if isinstance(b, Bound)]
-                number = isinstance(value, numbers.Integral if kind is int else numbers.Real)
-                number = number and not isinstance(value, bool) and math.isfinite(value)
-                if not (number and all(b.holds(value) for b in bounds)):
-                    noun = "an integer" if kind is int else "a finite number"
-                    raise ConfigError(
-                        f"{name} must be {noun}{''.join(f' {b}' for b in bounds)}, got {value!r}", parameter=name
-                    )
+                ranges = [b for b in bounds if isinstance(b, Range)]
+                check_range(name, value, ranges[0] if ranges else Range(integer=kind is int))
         schedule = options.get("beta_schedule", "linear")
         if not trained_betas and schedule in _BETA_RANGE_SCHEDULES and {"beta_start", "beta_end"} <= set(options):
             start, end = options["beta_start"], options["beta_end"]
@@ -733,7 +709,7 @@ def _check_choice(option: str, value, valid) -> None:
 @functools.cache
 def _option_hints(scheduler_class: type, extras: bool = False) -> dict[str, Any]:
     """``{name: annotation}`` of every keyword of ``scheduler_class.__init__``, in signature order (``extras``
-    keeps ``Annotated`` metadata such as a `Bound`; without it the plain type)."""
+    keeps ``Annotated`` metadata such as a `Range`; without it the plain type)."""
     init = scheduler_class.__init__
     hints = get_type_hints(init, include_extras=extras)
     parameters = list(inspect.signature(init).parameters.values())[1:]
