@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -88,3 +89,12 @@ def check_range(parameter: str, value: Any, spec: Range | None = None, **bounds:
         ok = ok and (spec.lt is None or v < spec.lt) and (spec.le is None or v <= spec.le)
     if not ok:
         raise ConfigError(f"{parameter} must be {spec.describe()}, got {_show(value)}", parameter=parameter)
+
+
+def check_choice(parameter: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise a `ConfigError` naming ``parameter`` unless ``value`` is one of ``choices`` (listed in the message)."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(
+            f"{parameter} must be one of {', '.join(map(str, choices))}; got {value!r}", parameter=parameter
+        )

@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import ConfigError
 from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, check_range
+from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, check_choice, check_range
 from .weighting import WeightingFn, evaluate_weighting, weighting_name
 
 PredictionType = Literal["epsilon", "sample", "v_prediction", "mean"]
@@ -189,7 +189,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             value = options[name]
             kind, bounds = (get_args(hint)[0], get_args(hint)[1:]) if get_origin(hint) is Annotated else (hint, ())
             if get_origin(kind) is Literal:
-                _check_choice(name, value, get_args(kind))
+                check_choice(name, value, get_args(kind))
             elif kind in (int, float):
                 ranges = [b for b in bounds if isinstance(b, Range)]
                 check_range(name, value, ranges[0] if ranges else Range(integer=kind is int))
@@ -375,8 +375,8 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         """
         from_type = from_type or self.config.prediction_type
         to_type = to_type or self.config.prediction_type
-        _check_choice("from_type", from_type, PREDICTION_TYPES)
-        _check_choice("to_type", to_type, PREDICTION_TYPES)
+        check_choice("from_type", from_type, PREDICTION_TYPES)
+        check_choice("to_type", to_type, PREDICTION_TYPES)
         if from_type == to_type:
             return prediction
         x0, eps = self._x0_and_eps(prediction, noisy_samples, timesteps, from_type, original_samples)
@@ -697,13 +697,6 @@ def _posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: t
 def _upcast(x: torch.Tensor) -> torch.Tensor:
     """Half precision to float32 for the loss; float32 and float64 are kept as they are."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _check_choice(option: str, value, valid) -> None:
-    if value not in valid:
-        raise ConfigError(
-            f"{option}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}", parameter=option
-        )
 
 
 @functools.cache

@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+from .options import check_choice
+
 TIMESTEP_SAMPLERS = ("uniform", "stratified", "importance", "logit_normal")
 
 
@@ -188,4 +190,5 @@ def make_timestep_sampler(
         return ImportanceSampler(num_timesteps)
     if name == "logit_normal":
         return LogitNormalSampler(num_timesteps, mean=logit_mean, std=logit_std)
-    raise ValueError(f"timestep_sampler={name!r} is not valid; choose one of {', '.join(TIMESTEP_SAMPLERS)}")
+    check_choice("timestep_sampler", name, TIMESTEP_SAMPLERS)  # none of the above: raises, naming them
+    raise AssertionError(name)  # TIMESTEP_SAMPLERS lists exactly the names above

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from ..options import (  # noqa: F401  (the usual ranges, for the scripts' __pos
     SEED,
     UNIT_INTERVAL_OPEN_TOP,
     Range,
+    check_choice,
     check_range,
 )
 
@@ -30,15 +30,6 @@ def check_ranges(obj: Any, **specs: Range) -> None:
     """:func:`check_range` on each named attribute of ``obj`` (a dataclass of options), e.g. in ``__post_init__``."""
     for name, spec in specs.items():
         check_range(name, getattr(obj, name), spec)
-
-
-def check_choice(parameter: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise a `ConfigError` naming ``parameter`` unless ``value`` is one of ``choices``."""
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(
-            f"{parameter} must be one of {', '.join(map(str, choices))}; got {value!r}", parameter=parameter
-        )
 
 
 def check_non_empty(parameter: str, value: Any) -> None:
