@@ -21,19 +21,21 @@ import torch
 
 from ddpm_objectives_hf.cli import run_main
 from ddpm_objectives_hf.cli.validation import (
-    POSITIVE_INT,
-    SEED,
-    Range,
-    check_choice,
     check_device,
     check_existing_folder,
     check_non_empty,
-    check_range,
     check_ranges,
     check_writable_folder,
 )
 from ddpm_objectives_hf.errors import ConfigError
 from ddpm_objectives_hf.evaluation.fid import FID_FEATURES
+from ddpm_objectives_hf.options import (
+    POSITIVE_INT,
+    SEED,
+    Range,
+    check_choice,
+    check_range,
+)
 
 logger = logging.getLogger("ddpm_objectives_hf.evaluate")
 

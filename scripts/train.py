@@ -24,6 +24,17 @@ import torch
 from ddpm_objectives_hf.cli import run_main
 from ddpm_objectives_hf.cli.arguments import build_scheduler, objective_arguments
 from ddpm_objectives_hf.cli.validation import (
+    check_existing_folder,
+    check_hub_reachable,
+    check_non_empty,
+    check_ranges,
+    check_repo_id,
+    check_report_to,
+    check_url,
+    check_writable_folder,
+)
+from ddpm_objectives_hf.errors import CheckpointError, ConfigError, TrainingError
+from ddpm_objectives_hf.options import (
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     OPTIONAL_POSITIVE_INT,
@@ -32,17 +43,8 @@ from ddpm_objectives_hf.cli.validation import (
     SEED,
     UNIT_INTERVAL_OPEN_TOP,
     check_choice,
-    check_existing_folder,
-    check_hub_reachable,
-    check_non_empty,
     check_range,
-    check_ranges,
-    check_repo_id,
-    check_report_to,
-    check_url,
-    check_writable_folder,
 )
-from ddpm_objectives_hf.errors import CheckpointError, ConfigError, TrainingError
 
 logger = logging.getLogger("ddpm_objectives_hf.train")
 

@@ -12,18 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, HubError
-from ..options import (  # noqa: F401  (the usual ranges, for the scripts' __post_init__ checks)
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    OPTIONAL_POSITIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    SEED,
-    UNIT_INTERVAL_OPEN_TOP,
-    Range,
-    check_choice,
-    check_range,
-)
+from ..options import Range, check_range
 
 
 def check_ranges(obj: Any, **specs: Range) -> None:
