@@ -14,8 +14,6 @@ import torch
 
 from .options import check_choice
 
-TIMESTEP_SAMPLERS = ("uniform", "stratified", "importance", "logit_normal")
-
 
 class TimestepSampler:
     """Uniform timesteps: ``t ~ Uniform({0, …, T − 1})`` (the paper's {1, …, T}, zero-based), weight 1."""
@@ -161,6 +159,7 @@ TIMESTEP_SAMPLER_CLASSES: dict[str, type[TimestepSampler]] = {
     "importance": ImportanceSampler,
     "logit_normal": LogitNormalSampler,
 }
+TIMESTEP_SAMPLERS = tuple(TIMESTEP_SAMPLER_CLASSES)
 
 
 def _gather_padded(accelerator, timesteps: torch.Tensor, losses: torch.Tensor):
@@ -182,13 +181,9 @@ def make_timestep_sampler(
     logit_std: float = 1.0,
 ) -> TimestepSampler:
     """Build a sampler by name (`uniform`, `stratified`, `importance`, `logit_normal`)."""
-    if name == "uniform":
-        return TimestepSampler(num_timesteps)
-    if name == "stratified":
-        return StratifiedSampler(num_timesteps, num_processes=num_processes, process_index=process_index)
-    if name == "importance":
-        return ImportanceSampler(num_timesteps)
-    if name == "logit_normal":
-        return LogitNormalSampler(num_timesteps, mean=logit_mean, std=logit_std)
-    check_choice("timestep_sampler", name, TIMESTEP_SAMPLERS)  # none of the above: raises, naming them
-    raise AssertionError(name)  # TIMESTEP_SAMPLERS lists exactly the names above
+    check_choice("timestep_sampler", name, TIMESTEP_SAMPLERS)
+    options = {
+        "stratified": {"num_processes": num_processes, "process_index": process_index},
+        "logit_normal": {"mean": logit_mean, "std": logit_std},
+    }.get(name, {})
+    return TIMESTEP_SAMPLER_CLASSES[name](num_timesteps, **options)
