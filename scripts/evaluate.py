@@ -5,6 +5,10 @@
 
 MODEL_DIR is a pipeline folder (a training run's --output_dir) or a Hub id. Everything lands in one JSON report
 (``--output_dir``, default ``MODEL_DIR/eval``) beside PNGs of the samples and of the ELBO terms over t.
+
+A class-conditional model is evaluated on the labelled images: bits/dim of −log p(x | y) (and of −log p(x) through
+the null class), and for each ``--guidance_scales`` s, samples of the held-out images' classes scored by FID against
+those images and by the digits classifier's accuracy on the requested class (``guidance.png``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class EvalArguments:
     dataset_config_name: str | None = None
     train_data_dir: str | None = None
     image_column: str | None = None
+    label_column: str | None = field(
+        default=None, metadata={"help": "Class labels for a class-conditional model (default: the one ClassLabel)."}
+    )
     split: str = field(default="test", metadata={"help": "Split of the data set (digits: train or test)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
     max_bpd_samples: int | None = field(
@@ -63,6 +70,13 @@ class EvalArguments:
     pilot_grid: int = field(default=64, metadata={"help": "Timesteps of the pilot grid."})
     num_samples: int = field(default=360, metadata={"help": "Generated images for FID and the classifier's view."})
     num_inference_steps: int = 1000
+    guidance_scales: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Classifier-free guidance scales to sample a class-conditional model with (0: unconditional, "
+            "1: conditional; default 0 1 2 3 5 with a null class, else 1)."
+        },
+    )
     fid_features: str = field(
         default="auto",
         metadata={"choices": [*FID_FEATURES, "none"], "help": "FID feature network (auto: Inception if local)."},
@@ -74,7 +88,14 @@ class EvalArguments:
         for name in ("model_dir", "split", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}", parameter=name)
-        for name in ("output_dir", "dataset_name", "dataset_config_name", "train_data_dir", "image_column"):
+        for name in (
+            "output_dir",
+            "dataset_name",
+            "dataset_config_name",
+            "train_data_dir",
+            "image_column",
+            "label_column",
+        ):
             check_non_empty(name, getattr(self, name))
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ConfigError("pass either --dataset_name or --train_data_dir, not both", parameter="train_data_dir")
@@ -93,6 +114,11 @@ class EvalArguments:
             seed=SEED,
         )
         check_choice("fid_features", self.fid_features, (*FID_FEATURES, "none"))
+        if self.guidance_scales is not None:
+            if not self.guidance_scales:
+                raise ConfigError("guidance_scales needs at least one scale", parameter="guidance_scales")
+            for scale in self.guidance_scales:
+                check_range("guidance_scales", scale, ge=0)
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:
@@ -119,6 +145,35 @@ def check_environment(args: EvalArguments) -> None:
     if T is not None:
         check_range("num_inference_steps", args.num_inference_steps, ge=1, le=T, integer=True)
         check_range("num_bpd_timesteps", args.num_bpd_timesteps, ge=2, le=T, integer=True)
+    index = Path(args.model_dir) / "model_index.json"
+    if index.is_file():
+        try:
+            pipeline_config = json.loads(index.read_text())
+        except ValueError:
+            return  # the loader says why
+        if isinstance(pipeline_config, dict):
+            check_conditioning(args, pipeline_config.get("num_classes"), pipeline_config.get("null_class_label"))
+
+
+def check_conditioning(args: EvalArguments, num_classes: int | None, null_class_label: int | None) -> list[float]:
+    """The guidance scales to sample with (``[None]``: an unconditional model), checked against the model."""
+    if num_classes is None:
+        for name in ("guidance_scales", "label_column"):
+            if getattr(args, name) is not None:
+                raise ConfigError(
+                    f"{name}: the model at MODEL_DIR {args.model_dir!r} is unconditional (no class labels)",
+                    parameter=name,
+                )
+        return [None]
+    if args.guidance_scales is None:
+        return [0.0, 1.0, 2.0, 3.0, 5.0] if null_class_label is not None else [1.0]
+    if null_class_label is None and any(s != 1 for s in args.guidance_scales):
+        raise ConfigError(
+            f"guidance_scales {args.guidance_scales}: the model at MODEL_DIR was trained without label dropout "
+            "(no null class), so only the conditional scale 1 exists",
+            parameter="guidance_scales",
+        )
+    return list(args.guidance_scales)
 
 
 def _num_train_timesteps(model_dir: str) -> int | None:
@@ -131,9 +186,16 @@ def _num_train_timesteps(model_dir: str) -> int | None:
     return T if isinstance(T, int) and not isinstance(T, bool) and T >= 1 else None
 
 
-def load_images(args: EvalArguments, channels: int, resolution: int) -> torch.Tensor:
-    """The evaluation images as float [N, C, R, R] in [−1, 1]."""
-    from ddpm_objectives_hf.training.data import InMemoryImageData, infer_channels, load_image_dataset
+def load_images(
+    args: EvalArguments, channels: int, resolution: int, num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The evaluation images as float [N, C, R, R] in [−1, 1], and their labels (for a model of ``num_classes``)."""
+    from ddpm_objectives_hf.training.data import (
+        InMemoryImageData,
+        find_label_column,
+        infer_channels,
+        load_image_dataset,
+    )
 
     dataset, column = load_image_dataset(
         dataset_name=args.dataset_name,
@@ -152,20 +214,30 @@ def load_images(args: EvalArguments, channels: int, resolution: int) -> torch.Te
         )
     if len(dataset) < 2:
         raise ConfigError(f"the evaluation data have {len(dataset)} image(s); at least 2 are needed")
-    data = InMemoryImageData.from_dataset(dataset, column, resolution, channels)
-    return data.batch(torch.arange(len(data)))
+    label_column = None
+    if num_classes is not None:
+        label_column, data_classes = find_label_column(dataset, args.label_column)
+        if data_classes > num_classes:
+            raise ConfigError(
+                f"label_column {label_column!r} has {data_classes} classes; the model knows {num_classes}",
+                parameter="label_column",
+            )
+    data = InMemoryImageData.from_dataset(
+        dataset, column, resolution, channels, label_column=label_column, num_classes=num_classes
+    )
+    everything = torch.arange(len(data))
+    return data.batch(everything), (data.labels_at(everything) if label_column is not None else None)
 
 
 def evaluate(args: EvalArguments) -> dict:
-    from diffusers import DDPMPipeline
-
     from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
-    from ddpm_objectives_hf.training.pipelines import load_for_evaluation, sampling_scheduler
-    from ddpm_objectives_hf.training.plots import plot_elbo_terms, sample_grid
+    from ddpm_objectives_hf.training.pipelines import load_for_evaluation
 
     device = torch.device(args.device)
     out_dir = Path(args.output_dir or Path(args.model_dir) / "eval")
     unet, scheduler, objective = load_for_evaluation(args.model_dir, device)
+    num_classes, null_class_label = objective.get("num_classes"), objective.get("null_class_label")
+    guidance_scales = check_conditioning(args, num_classes, null_class_label)
     T = scheduler.config.num_train_timesteps
     if not 2 <= args.num_bpd_timesteps <= T:
         raise ConfigError(f"--num_bpd_timesteps must be between 2 and T = {T}, got {args.num_bpd_timesteps}")
@@ -177,7 +249,8 @@ def evaluate(args: EvalArguments) -> dict:
             f"MODEL_DIR: the UNet has {unet.config.out_channels} output channels but variance_type="
             f"{scheduler.config.variance_type!r} needs {expected_out}"
         )
-    images = load_images(args, channels, resolution).to(device)
+    images, labels = load_images(args, channels, resolution, num_classes)
+    images = images.to(device)
     report: dict = {
         "model_dir": args.model_dir,
         "objective": objective or {k: scheduler.config[k] for k in ("prediction_type", "variance_type")},
@@ -193,11 +266,17 @@ def evaluate(args: EvalArguments) -> dict:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     all_images, images = images, images[: args.max_bpd_samples or len(images)]
     report["data"]["num_bpd_images"] = images.shape[0]
+    # −log p(x | y) for a class-conditional model (its labels travel with the images), −log p(x) otherwise
+    conditioning = None if labels is None else {"class_labels": labels[: len(images)].to(device)}
+    if labels is not None:
+        report["conditioning"] = {"num_classes": num_classes, "null_class_label": null_class_label}
 
     # 1. bits/dim: the full bound (calc_bpd_loop), then the fast estimator
     if args.full_bpd:
         start = time.perf_counter()
-        full = full_bpd(unet, scheduler, images, batch_size=args.batch_size, generator=generator)
+        full = full_bpd(
+            unet, scheduler, images, batch_size=args.batch_size, generator=generator, model_kwargs=conditioning
+        )
         terms_mean = full["terms"].double().mean(0)
         report["bpd_full"] = {
             "bpd": float(full["total"].double().mean()),
@@ -208,92 +287,75 @@ def evaluate(args: EvalArguments) -> dict:
             "network_evaluations": int(images.shape[0] * T),
             "seconds": time.perf_counter() - start,
         }
-    start = time.perf_counter()
-    pilot = images[: max(1, min(args.pilot_images, len(images)))]
-    proposal, pilot_evals = learn_proposal(unet, scheduler, pilot, grid_size=args.pilot_grid, generator=generator)
-    fast = estimate_bpd(
-        unet,
-        scheduler,
-        images,
-        num_timesteps=args.num_bpd_timesteps,
-        proposal=proposal,
-        exact_draws=args.bpd_exact_draws,
-        batch_size=args.batch_size,
-        generator=generator,
-    )
-    evaluations = fast["evaluations_per_image"] * images.shape[0] + pilot_evals
-    report["bpd_fast"] = {
-        "bpd": fast["bpd"],
-        "stderr": fast["stderr"],
-        "ci95": list(fast["ci95"]),
-        "network_calls_per_image": fast["evaluations_per_image"],
-        "exact_draws": args.bpd_exact_draws,
-        "pilot_evaluations": pilot_evals,
-        "network_evaluations": evaluations,
-        "seconds": time.perf_counter() - start,
-    }
+    pilot = slice(0, max(1, min(args.pilot_images, len(images))))
+
+    def fast_bpd(model_kwargs: dict | None) -> dict:
+        """The fast estimate (proposal learned on the pilot images) as a report entry."""
+        start = time.perf_counter()
+        pilot_kwargs = None if model_kwargs is None else {k: v[pilot] for k, v in model_kwargs.items()}
+        proposal, pilot_evals = learn_proposal(
+            unet, scheduler, images[pilot], grid_size=args.pilot_grid, generator=generator, model_kwargs=pilot_kwargs
+        )
+        fast = estimate_bpd(
+            unet,
+            scheduler,
+            images,
+            num_timesteps=args.num_bpd_timesteps,
+            proposal=proposal,
+            exact_draws=args.bpd_exact_draws,
+            batch_size=args.batch_size,
+            generator=generator,
+            model_kwargs=model_kwargs,
+        )
+        evaluations = fast["evaluations_per_image"] * images.shape[0] + pilot_evals
+        return {
+            "bpd": fast["bpd"],
+            "stderr": fast["stderr"],
+            "ci95": list(fast["ci95"]),
+            "network_calls_per_image": fast["evaluations_per_image"],
+            "exact_draws": args.bpd_exact_draws,
+            "pilot_evaluations": pilot_evals,
+            "network_evaluations": evaluations,
+            "seconds": time.perf_counter() - start,
+        }
+
+    report["bpd_fast"] = fast_bpd(conditioning)
     if args.full_bpd:
-        report["bpd_fast"]["abs_error_vs_full"] = abs(fast["bpd"] - report["bpd_full"]["bpd"])
-        report["bpd_fast"]["evaluation_saving"] = report["bpd_full"]["network_evaluations"] / evaluations
-        report["bpd_fast"]["ci_covers_full"] = fast["ci95"][0] <= report["bpd_full"]["bpd"] <= fast["ci95"][1]
+        report["bpd_fast"]["abs_error_vs_full"] = abs(report["bpd_fast"]["bpd"] - report["bpd_full"]["bpd"])
+        report["bpd_fast"]["evaluation_saving"] = (
+            report["bpd_full"]["network_evaluations"] / report["bpd_fast"]["network_evaluations"]
+        )
+        low, high = report["bpd_fast"]["ci95"]
+        report["bpd_fast"]["ci_covers_full"] = low <= report["bpd_full"]["bpd"] <= high
+    if labels is not None and null_class_label is not None:  # −log p(x) of the same model, through the null class
+        null = torch.full((len(images),), null_class_label, dtype=torch.long, device=device)
+        report["bpd_fast_unconditional"] = fast_bpd({"class_labels": null})
 
     # 2. the ELBO decomposition: L_T, L_0 and L_{t−1} over t, beside the objective's weighting
     out_dir.mkdir(parents=True, exist_ok=True)
-    t = torch.arange(T)
     if args.full_bpd:
-        decomposition = {
-            "prior_L_T": report["bpd_full"]["prior_bpd"],
-            "decoder_L_0": report["bpd_full"]["decoder_bpd"],
-            "terms_L_t_minus_1": terms_mean.tolist(),
-            # ε-units weights are infinite where SNR = 0 (zero terminal SNR): null in the JSON
-            "effective_weight_eps_units": _finite_or_none(scheduler.effective_weight(t)),
-            "vlb_weight_eps_units": _finite_or_none(scheduler.vlb_weight(t)),
-        }
-        (out_dir / "elbo_decomposition.json").write_text(json.dumps(decomposition) + "\n")
-        plot_elbo_terms(
-            t.numpy(),
-            terms_mean.numpy(),
-            out_dir / "elbo_terms.png",
-            weighting=scheduler.effective_weight(t).numpy(),
-            weighting_label=f"{scheduler.config.loss_weighting} ({scheduler.config.loss_type})",
-            vlb_weighting=scheduler.vlb_weight(t).numpy(),
-            prior_bpd=decomposition["prior_L_T"],
-            decoder_bpd=decomposition["decoder_L_0"],
-        )
-        report["elbo_decomposition"] = {"json": "elbo_decomposition.json", "plot": "elbo_terms.png"}
+        report["elbo_decomposition"] = _elbo_decomposition(scheduler, report["bpd_full"], terms_mean, out_dir)
 
-    # 3. samples with the pipeline's own sampler
-    start = time.perf_counter()
-    pipeline = DDPMPipeline(unet=unet, scheduler=sampling_scheduler(scheduler)).to(device)
-    samples = []
-    sample_generator = torch.Generator(device=device).manual_seed(args.seed + 1)
-    for first in range(0, args.num_samples, args.batch_size):
-        n = min(args.batch_size, args.num_samples - first)
-        images_np = pipeline(
-            batch_size=n, generator=sample_generator, num_inference_steps=args.num_inference_steps, output_type="np"
-        ).images
-        samples.append(torch.from_numpy(images_np).permute(0, 3, 1, 2))
-    samples01 = torch.cat(samples).float().clamp(0, 1)
-    sample_grid(samples01, max_images=64, min_side=256).save(out_dir / "samples.png")
-    report["sampling"] = {
-        "sampler": type(pipeline.scheduler).__name__,
-        "num_inference_steps": args.num_inference_steps,
-        "num_samples": len(samples01),
-        "seconds": time.perf_counter() - start,
-        "grid": "samples.png",
-    }
-
-    # 4. FID (pluggable features) and the digits classifier's view of the samples
+    # 3. samples with the saved pipeline's sampler, per guidance scale for a class-conditional model, and
+    # 4. FID (pluggable features) and the digits classifier's view of them
+    reference = None
     if args.fid_features != "none":
         from ddpm_objectives_hf.evaluation.fid import FIDReference
 
         reference = FIDReference((all_images.float() + 1) / 2, args.fid_features, device=device)
-        report["fid"] = {"fid": reference(samples01.to(device)), **reference.info}
-        if reference.info["feature"] == "digits" and channels == 1:
-            from ddpm_objectives_hf.evaluation.features import classifier_view
-
-            # the FID's feature network is the digits classifier: loaded once, for both
-            report["classifier_view"] = classifier_view(reference.feature_network, samples01.to(device))
+    # the classes of the held-out images, in turn: the samples' class mix is that of the FID's reference set
+    requested = None if labels is None else labels[torch.arange(args.num_samples) % len(labels)]
+    sweep = []
+    for scale in guidance_scales:
+        entry = _sample_and_score(args, unet, scheduler, objective, reference, requested, scale, out_dir, device)
+        sweep.append(entry)
+    first = next((e for e in sweep if e["guidance_scale"] in (None, 1.0)), sweep[0])
+    report["sampling"] = {k: v for k, v in first.items() if k not in ("fid", "classifier_view")}
+    for key in ("fid", "classifier_view"):
+        if key in first:
+            report[key] = first[key]
+    if labels is not None:
+        report["guidance_sweep"] = _guidance_sweep(sweep, reference, out_dir)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     logger.info("wrote %s", out_dir / "report.json")
     from ddpm_objectives_hf.training.model_card import add_evaluation_to_model_card
@@ -301,6 +363,116 @@ def evaluate(args: EvalArguments) -> dict:
     if add_evaluation_to_model_card(args.model_dir, report) is not None:
         logger.info("added the evaluation to %s", Path(args.model_dir) / "README.md")
     return report
+
+
+def _elbo_decomposition(scheduler, bpd_full: dict, terms_mean: torch.Tensor, out_dir: Path) -> dict:
+    """``elbo_decomposition.json`` (L_T, L_0, L_{t−1} over t and the weights) and its plot ``elbo_terms.png``."""
+    from ddpm_objectives_hf.training.plots import plot_elbo_terms
+
+    t = torch.arange(scheduler.config.num_train_timesteps)
+    decomposition = {
+        "prior_L_T": bpd_full["prior_bpd"],
+        "decoder_L_0": bpd_full["decoder_bpd"],
+        "terms_L_t_minus_1": terms_mean.tolist(),
+        # ε-units weights are infinite where SNR = 0 (zero terminal SNR): null in the JSON
+        "effective_weight_eps_units": _finite_or_none(scheduler.effective_weight(t)),
+        "vlb_weight_eps_units": _finite_or_none(scheduler.vlb_weight(t)),
+    }
+    (out_dir / "elbo_decomposition.json").write_text(json.dumps(decomposition) + "\n")
+    plot_elbo_terms(
+        t.numpy(),
+        terms_mean.numpy(),
+        out_dir / "elbo_terms.png",
+        weighting=scheduler.effective_weight(t).numpy(),
+        weighting_label=f"{scheduler.config.loss_weighting} ({scheduler.config.loss_type})",
+        vlb_weighting=scheduler.vlb_weight(t).numpy(),
+        prior_bpd=decomposition["prior_L_T"],
+        decoder_bpd=decomposition["decoder_L_0"],
+    )
+    return {"json": "elbo_decomposition.json", "plot": "elbo_terms.png"}
+
+
+@torch.no_grad()
+def _sample_and_score(
+    args: EvalArguments, unet, scheduler, objective: dict, reference, requested, scale, out_dir: Path, device
+) -> dict:
+    """``--num_samples`` samples (of the ``requested`` classes at guidance ``scale``, for a class-conditional model),
+    their grid, and their FID and digits-classifier view."""
+    from ddpm_objectives_hf.training.pipelines import sampling_pipeline
+    from ddpm_objectives_hf.training.plots import sample_grid
+
+    start = time.perf_counter()
+    pipeline = sampling_pipeline(
+        unet, scheduler, num_classes=objective.get("num_classes"), null_class_label=objective.get("null_class_label")
+    ).to(device)
+    samples = []
+    sample_generator = torch.Generator(device=device).manual_seed(args.seed + 1)
+    for first in range(0, args.num_samples, args.batch_size):
+        n = min(args.batch_size, args.num_samples - first)
+        kwargs = {}
+        if requested is not None:
+            kwargs = {"class_labels": requested[first : first + n].tolist(), "guidance_scale": scale}
+        images_np = pipeline(
+            batch_size=n,
+            generator=sample_generator,
+            num_inference_steps=args.num_inference_steps,
+            output_type="np",
+            **kwargs,
+        ).images
+        samples.append(torch.from_numpy(images_np).permute(0, 3, 1, 2))
+    samples01 = torch.cat(samples).float().clamp(0, 1)
+    grid = "samples.png" if scale in (None, 1.0) else f"samples_guidance_{scale:g}.png"
+    sample_grid(samples01, max_images=64, min_side=256).save(out_dir / grid)
+    entry = {
+        "guidance_scale": scale,
+        "sampler": type(pipeline.scheduler).__name__,
+        "num_inference_steps": args.num_inference_steps,
+        "num_samples": len(samples01),
+        "seconds": time.perf_counter() - start,
+        "grid": grid,
+    }
+    if reference is not None:
+        entry["fid"] = {"fid": reference(samples01.to(device)), **reference.info}
+        if reference.info["feature"] == "digits" and unet.config.in_channels == 1:
+            from ddpm_objectives_hf.evaluation.features import classifier_view
+
+            # the FID's feature network is the digits classifier: loaded once, for both
+            entry["classifier_view"] = classifier_view(
+                reference.feature_network, samples01.to(device), requested_labels=requested
+            )
+    return entry
+
+
+def _guidance_sweep(sweep: list[dict], reference, out_dir: Path) -> dict:
+    """FID and class accuracy per guidance scale, and their plot ``guidance.png`` (with FID features)."""
+    from ddpm_objectives_hf.training.plots import plot_guidance_sweep
+
+    rows = []
+    for entry in sweep:
+        view = entry.get("classifier_view", {})
+        rows.append(
+            {
+                "guidance_scale": entry["guidance_scale"],
+                "fid": entry["fid"]["fid"] if "fid" in entry else None,
+                "accuracy": view.get("accuracy"),
+                "per_class_accuracy": view.get("per_class_accuracy"),
+                "mean_confidence": view.get("mean_confidence"),
+                "grid": entry["grid"],
+            }
+        )
+    result = {"scales": rows, "num_samples": sweep[0]["num_samples"], "sampler": sweep[0]["sampler"]}
+    result["num_inference_steps"] = sweep[0]["num_inference_steps"]
+    if reference is not None:
+        accuracy = [r["accuracy"] for r in rows] if all(r["accuracy"] is not None for r in rows) else None
+        plot_guidance_sweep(
+            [r["guidance_scale"] for r in rows],
+            [r["fid"] for r in rows],
+            accuracy,
+            out_dir / "guidance.png",
+            fid_label=f"FID ({reference.info['feature']} features)",
+        )
+        result["plot"] = "guidance.png"
+    return result
 
 
 def _finite_or_none(values: torch.Tensor) -> list:

@@ -42,11 +42,13 @@ from ddpm_objectives_hf.options import (
     POSITIVE_INT,
     SEED,
     UNIT_INTERVAL_OPEN_TOP,
+    Range,
     check_choice,
     check_range,
 )
 
 logger = logging.getLogger("ddpm_objectives_hf.train")
+DEFAULT_CONDITION_DROPOUT = 0.1  # the label dropout of classifier-free guidance (Ho & Salimans 2022: 0.1–0.2)
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -59,6 +61,10 @@ class DataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config of the Hub dataset."})
     train_data_dir: str | None = field(default=None, metadata={"help": "A folder of images (imagefolder)."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (found automatically if unset)."})
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "Class-label column for --class_conditional (default: the data set's one ClassLabel)."},
+    )
     use_default_data: bool = field(
         default=True, metadata={"help": "With no data flag, train on scikit-learn's digits (shipped, offline)."}
     )
@@ -71,7 +77,14 @@ class DataArguments:
     dataloader_num_workers: int = field(default=0, metadata={"help": "Workers for data that do not fit in memory."})
 
     def __post_init__(self):
-        for name in ("dataset_name", "dataset_config_name", "train_data_dir", "image_column", "cache_dir"):
+        for name in (
+            "dataset_name",
+            "dataset_config_name",
+            "train_data_dir",
+            "image_column",
+            "label_column",
+            "cache_dir",
+        ):
             check_non_empty(name, getattr(self, name))
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ConfigError("pass either --dataset_name or --train_data_dir, not both", parameter="train_data_dir")
@@ -98,10 +111,32 @@ class ModelArguments:
     )
     norm_num_groups: int = 8
     dropout: float = 0.0
+    class_conditional: bool = field(
+        default=False, metadata={"help": "Condition the UNet on class labels (a class embedding; see --label_column)."}
+    )
+    condition_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Probability of replacing a label by a learned null class, for unconditional and guided samples "
+            "(classifier-free guidance). Default with --class_conditional: 0.1."
+        },
+    )
 
     def __post_init__(self):
         check_non_empty("model_config_name_or_path", self.model_config_name_or_path)
-        check_ranges(self, layers_per_block=POSITIVE_INT, norm_num_groups=POSITIVE_INT, dropout=UNIT_INTERVAL_OPEN_TOP)
+        check_ranges(
+            self,
+            layers_per_block=POSITIVE_INT,
+            norm_num_groups=POSITIVE_INT,
+            dropout=UNIT_INTERVAL_OPEN_TOP,
+            condition_dropout=Range(ge=0, lt=1, optional=True),
+        )
+        if self.condition_dropout is not None and not self.class_conditional:
+            raise ConfigError(
+                "condition_dropout drops class labels: it needs --class_conditional", parameter="condition_dropout"
+            )
+        if self.class_conditional and self.condition_dropout is None:
+            self.condition_dropout = DEFAULT_CONDITION_DROPOUT
         channels = self.block_out_channels
         if not isinstance(channels, (list, tuple)) or not channels:
             raise ConfigError(
@@ -158,6 +193,13 @@ class RunArguments:
     save_images_steps: int = field(default=0, metadata={"help": "Sample a grid every N steps (0: only at the end)."})
     num_sample_images: int = 16
     num_inference_steps: int = 1000
+    guidance_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Classifier-free guidance scale of the saved samples of a --class_conditional model "
+            "(1: conditional, 0: unconditional; default 1)."
+        },
+    )
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
@@ -195,6 +237,7 @@ class RunArguments:
             save_images_steps=NON_NEGATIVE_INT,  # 0: only at the end
             num_sample_images=POSITIVE_INT,
             num_inference_steps=POSITIVE_INT,
+            guidance_scale=Range(ge=0, optional=True),
             checkpointing_steps=POSITIVE_INT,
             checkpoints_total_limit=OPTIONAL_POSITIVE_INT,
         )
@@ -231,6 +274,23 @@ def parse_args(argv: list[str] | None = None):
 def check_arguments(data_args: DataArguments, model_args: ModelArguments, obj, run: RunArguments) -> None:
     """The checks that need several flags: the objective builds, its final sampling and LR schedule work."""
     from diffusers.optimization import get_scheduler
+
+    if data_args.label_column is not None and not model_args.class_conditional:
+        raise ConfigError(
+            "label_column names the class labels: it needs --class_conditional", parameter="label_column"
+        )
+    if run.guidance_scale is not None:
+        if not model_args.class_conditional:
+            raise ConfigError(
+                "guidance_scale needs a class-conditional model (--class_conditional); this one is unconditional",
+                parameter="guidance_scale",
+            )
+        if run.guidance_scale != 1 and model_args.condition_dropout == 0:
+            raise ConfigError(
+                f"guidance_scale {run.guidance_scale} needs the unconditional model: --condition_dropout > 0 "
+                "(with 0 there is no null class; use --guidance_scale 1)",
+                parameter="guidance_scale",
+            )
 
     scheduler = build_scheduler(obj)  # every objective flag, as the scheduler checks them
     T = scheduler.config.num_train_timesteps
@@ -304,7 +364,11 @@ def check_environment(data_args: DataArguments, model_args: ModelArguments, run:
 # option raises the scheduler's ConfigError, which names it.
 
 
-def build_unet(args: ModelArguments, resolution: int, channels: int, learned_variance: bool):
+def build_unet(
+    args: ModelArguments, resolution: int, channels: int, learned_variance: bool, num_class_embeds: int | None = None
+):
+    """The denoiser: ``out_channels`` 2C with a learned variance, and a class embedding of ``num_class_embeds``
+    entries (the classes, plus the null class when labels are dropped) for a class-conditional model."""
     from diffusers import UNet2DModel
 
     from ddpm_objectives_hf.training.data import check_resolution
@@ -312,7 +376,7 @@ def build_unet(args: ModelArguments, resolution: int, channels: int, learned_var
     out_channels = 2 * channels if learned_variance else channels
     if args.model_config_name_or_path:
         config = UNet2DModel.load_config(args.model_config_name_or_path)
-        config.update(sample_size=resolution, in_channels=channels)
+        config.update(sample_size=resolution, in_channels=channels, num_class_embeds=num_class_embeds)
         if config.get("out_channels") not in (None, out_channels):
             raise ConfigError(
                 f"model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
@@ -336,6 +400,7 @@ def build_unet(args: ModelArguments, resolution: int, channels: int, learned_var
             norm_num_groups=args.norm_num_groups,
             dropout=args.dropout,
             time_embedding_type="positional",  # sinusoidal time embedding, as in DDPM (Ho et al. 2020)
+            num_class_embeds=num_class_embeds,
         )
     try:
         check_resolution(resolution, len(model.config.block_out_channels))
@@ -345,18 +410,23 @@ def build_unet(args: ModelArguments, resolution: int, channels: int, learned_var
 
 
 class DataStream:
-    """Batches of x0 in [−1, 1] for optimizer step ``i`` and micro-batch ``j``, the same on resume.
+    """Batches of x0 in [−1, 1] (and their class labels, or `None`) for optimizer step ``i`` and micro-batch ``j``,
+    the same on resume.
 
     In memory (the data fit): one permutation per epoch (seeded, shared by all processes), each process takes its
     own slice: no PIL work and no host synchronisation in the loop. Otherwise a DataLoader prepared by accelerate.
     """
 
-    def __init__(self, data_args: DataArguments, run: RunArguments, accelerator, resolution: int):
+    def __init__(
+        self, data_args: DataArguments, run: RunArguments, accelerator, resolution: int, class_conditional: bool
+    ):
         from ddpm_objectives_hf.training.data import (
             InMemoryImageData,
             OnTheFlyTransform,
+            find_label_column,
             fits_in_memory,
             infer_channels,
+            labels_to_tensor,
             load_image_dataset,
         )
 
@@ -371,6 +441,10 @@ class DataStream:
             )
         if data_args.max_train_samples:
             dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+        self.label_column, self.num_classes = None, None
+        if class_conditional:
+            self.label_column, self.num_classes = find_label_column(dataset, data_args.label_column)
+            labels_to_tensor(dataset, self.label_column, self.num_classes)  # every label in 0 … K − 1
         self.channels = data_args.channels or infer_channels(dataset, column)
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}", parameter="channels")
@@ -396,11 +470,15 @@ class DataStream:
                 self.channels,
                 device=accelerator.device,
                 num_proc=data_args.preprocessing_num_workers,
+                label_column=self.label_column,
+                num_classes=self.num_classes,
             )
             self.batches_per_epoch = self.num_images // per_step
             self._epoch, self._order = -1, None
         else:
-            transform = OnTheFlyTransform(column, resolution, self.channels, random_flip=data_args.random_flip)
+            transform = OnTheFlyTransform(
+                column, resolution, self.channels, random_flip=data_args.random_flip, label_column=self.label_column
+            )
             loader = torch.utils.data.DataLoader(
                 transform.apply_to(dataset),
                 batch_size=self.batch_size,
@@ -412,8 +490,9 @@ class DataStream:
             self.batches_per_epoch = len(self.loader)
             self._iterator = None
 
-    def batch(self, index: int) -> torch.Tensor:
-        """The ``index``-th batch of this run (counting micro-batches from the start of training)."""
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``index``-th batch of this run (counting micro-batches from the start of training): images and
+        labels (`None` for an unconditional model)."""
         epoch, position = divmod(index, self.batches_per_epoch)
         if not self.in_memory:
             if self._iterator is None or position == 0:
@@ -423,14 +502,16 @@ class DataStream:
                     self.loader.set_epoch(epoch)
                 loader = skip_first_batches(self.loader, position) if position else self.loader
                 self._iterator = iter(loader)
-            return next(self._iterator)["pixel_values"]
+            batch = next(self._iterator)
+            return batch["pixel_values"], batch.get("class_labels")
         if epoch != self._epoch:
             self._order = self.data.epoch_order(
                 epoch, self.seed, self.accelerator.process_index, self.accelerator.num_processes
             )
             self._epoch = epoch
         indices = self._order[position * self.batch_size : (position + 1) * self.batch_size]
-        return self.data.batch(indices, random_flip=self.random_flip, generator=self.generator)
+        images = self.data.batch(indices, random_flip=self.random_flip, generator=self.generator)
+        return images, (self.data.labels_at(indices) if self.label_column is not None else None)
 
 
 class TrainState:
@@ -457,18 +538,65 @@ class TrainState:
         self.history = [{"step": int(s), "loss": v, "images_per_s": r} for s, v, r in state["history"].tolist()]
 
 
-@torch.no_grad()
-def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, seed: int, device):
-    """A grid of samples from the model with the objective's own scheduler (diffusers' DDPMPipeline)."""
-    from diffusers import DDPMPipeline
+@dataclass
+class Classes:
+    """The class conditioning of a run: K classes, and the null class of classifier-free guidance (Ho & Salimans
+    2022) when labels are dropped with probability ``dropout`` (its label is K; the UNet embeds K + 1 classes)."""
 
+    num_classes: int
+    dropout: float
+    label_column: str
+
+    @property
+    def null_class_label(self) -> int | None:
+        return self.num_classes if self.dropout > 0 else None
+
+    @property
+    def num_class_embeds(self) -> int:
+        return self.num_classes + (self.dropout > 0)
+
+    def drop(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """y → ∅ with probability ``dropout`` (the training of classifier-free guidance)."""
+        if self.dropout == 0:
+            return labels
+        dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < self.dropout
+        return torch.where(dropped, self.num_classes, labels)
+
+
+@torch.no_grad()
+def sample_images(
+    unet,
+    scheduler,
+    num_images: int,
+    num_inference_steps: int,
+    seed: int,
+    device,
+    classes: Classes | None = None,
+    guidance_scale: float | None = None,
+):
+    """A grid of samples through the pipeline that is saved (diffusers' DDPMPipeline, or the package's pipeline for
+    learned variances, μ̃ and class-conditional models: then image i has the class i mod K)."""
+    from ddpm_objectives_hf.training.pipelines import sampling_pipeline
     from ddpm_objectives_hf.training.plots import sample_grid
 
-    pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipeline = sampling_pipeline(
+        unet,
+        scheduler,
+        num_classes=classes.num_classes if classes else None,
+        null_class_label=classes.null_class_label if classes else None,
+    )
     pipeline.set_progress_bar_config(desc="sampling", leave=False)
     generator = torch.Generator(device=device).manual_seed(seed)
+    kwargs = {}
+    if classes is not None:
+        kwargs = {"class_labels": [i % classes.num_classes for i in range(num_images)]}
+        kwargs["guidance_scale"] = 1.0 if guidance_scale is None else guidance_scale
     images = pipeline(
-        batch_size=num_images, generator=generator, num_inference_steps=num_inference_steps, output_type="pil"
+        batch_size=num_images,
+        generator=generator,
+        num_inference_steps=num_inference_steps,
+        output_type="pil",
+        **kwargs,
     ).images
     return sample_grid(images, min_side=128)
 
@@ -539,13 +667,19 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     if accelerator.is_main_process:
         logger.info("training with %d process(es) on %s", accelerator.num_processes, accelerator.device)
 
-    # 1. Data: x0 ~ p_data
+    # 1. Data: x0 ~ p_data (with its class y for a class-conditional model)
     resolution = _resolution(data_args)
-    stream = DataStream(data_args, run, accelerator, resolution)
+    stream = DataStream(data_args, run, accelerator, resolution, model_args.class_conditional)
+    classes = None
+    if model_args.class_conditional:
+        classes = Classes(stream.num_classes, model_args.condition_dropout, stream.label_column)
 
-    # 2. Model ε_θ(x_t, t): a UNet with sinusoidal time embedding, its EMA, optimizer and LR schedule
+    # 2. Model ε_θ(x_t, t[, y]): a UNet with sinusoidal time embedding (and a class embedding), its EMA, optimizer
+    # and LR schedule
     learned_variance = scheduler.config.variance_type == "learned_range"
-    model = build_unet(model_args, resolution, stream.channels, learned_variance)
+    model = build_unet(
+        model_args, resolution, stream.channels, learned_variance, classes.num_class_embeds if classes else None
+    )
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = None
@@ -606,6 +740,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         train_data_dir=data_args.train_data_dir,
         resolution=resolution,
         channels=stream.channels,
+        label_column=stream.label_column,
+        condition_dropout=classes.dropout if classes else 0.0,
         num_images=stream.num_images,
         train_batch_size=run.train_batch_size,
         gradient_accumulation_steps=run.gradient_accumulation_steps,
@@ -657,11 +793,20 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     for step in progress:
         for micro in range(run.gradient_accumulation_steps):
             with accelerator.accumulate(model):
-                x0 = stream.batch(step * run.gradient_accumulation_steps + micro)  # x0 ~ p_data
+                x0, y = stream.batch(step * run.gradient_accumulation_steps + micro)  # x0 (, y) ~ p_data
                 if run.channels_last:
                     x0 = x0.contiguous(memory_format=torch.channels_last)
+                # y → ∅ with probability --condition_dropout: one model for p(x|y) and p(x)
+                model_kwargs = {"class_labels": classes.drop(y, stream.generator)} if classes else None
                 # t ~ sampler, ε ~ N(0, I), x_t, prediction and the weighted objective
-                out = diffusion_loss(model, x0, scheduler, timestep_sampler=sampler, generator=stream.generator)
+                out = diffusion_loss(
+                    model,
+                    x0,
+                    scheduler,
+                    timestep_sampler=sampler,
+                    generator=stream.generator,
+                    model_kwargs=model_kwargs,
+                )
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and run.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), run.max_grad_norm)
@@ -714,7 +859,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
 
         if run.save_images_steps and state.step % run.save_images_steps == 0 and not last:
             if accelerator.is_main_process:
-                grid = _sample_with_ema(accelerator, model, ema, scheduler, run)
+                grid = _sample_with_ema(accelerator, model, ema, scheduler, run, classes)
                 path = Path(run.output_dir) / "samples" / f"step_{state.step:06d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 grid.save(path)
@@ -732,7 +877,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         unet = unet.to(memory_format=torch.contiguous_format).float()
         check_finite_weights(unet, None, state.step, name_of=flag)
         with staged_outputs(output_dir, remove=FINAL_OUTPUTS, label="final") as staging:
-            write_card = _save_everything(unet, scheduler, state, data_args, obj, run, staging)
+            write_card = _save_everything(unet, scheduler, state, data_args, obj, run, staging, classes)
         logger.info("saved the pipeline, samples and model card to %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -741,7 +886,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     return output_dir
 
 
-def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments):
+def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments, classes: Classes | None):
     unet = accelerator.unwrap_model(model)
     unet = getattr(unet, "_orig_mod", unet)
     if ema is not None:
@@ -750,7 +895,14 @@ def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments):
     unet.eval()
     try:
         return sample_images(
-            unet, scheduler, run.num_sample_images, run.num_inference_steps, run.seed, accelerator.device
+            unet,
+            scheduler,
+            run.num_sample_images,
+            run.num_inference_steps,
+            run.seed,
+            accelerator.device,
+            classes,
+            run.guidance_scale,
         )
     finally:
         unet.train()
@@ -758,7 +910,9 @@ def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments):
             ema.restore(unet.parameters())
 
 
-def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: RunArguments, output_dir: Path):
+def _save_everything(
+    unet, scheduler, state: TrainState, data_args, obj, run: RunArguments, output_dir: Path, classes: Classes | None
+):
     """Pipeline, samples, plots, loss history and model card into ``output_dir``; returns the card's writer
     ``write_card(folder, repo_id=...)`` (the push renders it again once the Hub gives the full repo id)."""
     import functools
@@ -771,8 +925,33 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
     dataset = data_args.dataset_name or data_args.train_data_dir or "sklearn-digits"
     final_loss = state.history[-1]["loss"] if state.history else float("nan")
     extra = {"timestep_sampler": obj.timestep_sampler, "dataset": dataset, "train_steps": state.step}
-    save_pipeline(unet, scheduler, output_dir, extra=extra)
-    grid = sample_images(unet, scheduler, run.num_sample_images, run.num_inference_steps, run.seed, unet.device)
+    conditioning = {}
+    if classes is not None:
+        conditioning = {
+            "class_conditional": True,
+            "label_column": classes.label_column,
+            "num_classes": classes.num_classes,
+            "condition_dropout": classes.dropout,
+        }
+        extra.update(conditioning)
+    save_pipeline(
+        unet,
+        scheduler,
+        output_dir,
+        extra=extra,
+        num_classes=classes.num_classes if classes else None,
+        null_class_label=classes.null_class_label if classes else None,
+    )
+    grid = sample_images(
+        unet,
+        scheduler,
+        run.num_sample_images,
+        run.num_inference_steps,
+        run.seed,
+        unet.device,
+        classes,
+        run.guidance_scale,
+    )
     grid.save(output_dir / "samples.png")
     t = torch.arange(scheduler.config.num_train_timesteps)
     curves = {f"{obj.loss_weighting} ({scheduler.config.loss_type})": scheduler.effective_weight(t).numpy()}
@@ -803,6 +982,7 @@ def _save_everything(unet, scheduler, state: TrainState, data_args, obj, run: Ru
             "use_ema": run.use_ema,
             "seed": run.seed,
             "mixed_precision": run.mixed_precision or "no",
+            **conditioning,
         },
         plugin_scheduler=needs_plugin_scheduler(scheduler),
     )

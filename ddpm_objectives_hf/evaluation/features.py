@@ -323,8 +323,11 @@ class DigitsFeatureExtractor(nn.Module):
 
 
 @torch.no_grad()
-def classifier_view(classifier: nn.Module, images01: torch.Tensor, batch_size: int = 512) -> dict:
-    """How the digits classifier sees a set of images: predicted-class histogram, confidence, class entropy.
+def classifier_view(
+    classifier: nn.Module, images01: torch.Tensor, batch_size: int = 512, requested_labels: torch.Tensor | None = None
+) -> dict:
+    """How the digits classifier sees a set of images: predicted-class histogram, confidence, class entropy, and for
+    samples of requested classes, how often it sees the class asked for.
 
     Mode collapse shows as a low `class_entropy_nats` (uniform over 10 classes is ln 10 ≈ 2.303); unrecognisable
     samples as a low `mean_confidence`.
@@ -333,10 +336,13 @@ def classifier_view(classifier: nn.Module, images01: torch.Tensor, batch_size: i
         classifier: A `DigitsClassifier` (or a `DigitsFeatureExtractor` wrapping one).
         images01: Images `[N, C, H, W]` in [0, 1] (uint8 0…255 also accepted).
         batch_size: Images per forward pass.
+        requested_labels: The class each image was generated for (class-conditional samples), optional.
 
     Returns:
         Dict with `num_samples`, `class_histogram` (list of 10 counts), `mean_confidence` (mean max-softmax
-        probability), `class_entropy_nats` (entropy of the normalised histogram) and `max_entropy_nats` (ln 10).
+        probability), `class_entropy_nats` (entropy of the normalised histogram) and `max_entropy_nats` (ln 10); with
+        `requested_labels` also `accuracy` (fraction classified as requested) and `per_class_accuracy` (by requested
+        class; `None` for a class not requested).
     """
     if isinstance(classifier, DigitsFeatureExtractor):
         classifier = classifier.classifier
@@ -344,19 +350,31 @@ def classifier_view(classifier: nn.Module, images01: torch.Tensor, batch_size: i
     classifier.eval()
     counts = torch.zeros(NUM_CLASSES, dtype=torch.long)
     conf_sum = 0.0
+    predictions = []
     for i in range(0, len(images01), batch_size):
         probs = classifier(images01[i : i + batch_size]).double().softmax(dim=1).cpu()
         conf, pred = probs.max(dim=1)
         conf_sum += float(conf.sum())
         counts += torch.bincount(pred, minlength=NUM_CLASSES)
+        predictions.append(pred)
     classifier.train(was_training)
     n = int(counts.sum())
     freq = counts.double() / max(n, 1)
     entropy = float(-(freq[freq > 0] * freq[freq > 0].log()).sum()) if n else 0.0
-    return {
+    view = {
         "num_samples": n,
         "class_histogram": [int(c) for c in counts],
         "mean_confidence": conf_sum / n if n else float("nan"),
         "class_entropy_nats": entropy,
         "max_entropy_nats": float(np.log(NUM_CLASSES)),
     }
+    if requested_labels is not None:
+        requested = torch.as_tensor(requested_labels).cpu().long().reshape(-1)
+        if len(requested) != n:
+            raise ValueError(f"requested_labels has {len(requested)} entries for {n} images")
+        correct = (torch.cat(predictions) == requested).double()
+        view["accuracy"] = float(correct.mean()) if n else float("nan")
+        view["per_class_accuracy"] = [
+            float(correct[requested == k].mean()) if (requested == k).any() else None for k in range(NUM_CLASSES)
+        ]
+    return view

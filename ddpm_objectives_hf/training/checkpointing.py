@@ -158,6 +158,8 @@ def run_identity(
     train_batch_size: int,
     gradient_accumulation_steps: int,
     num_processes: int,
+    label_column: str | None = None,
+    condition_dropout: float = 0.0,
 ) -> dict:
     """What a checkpoint's run is (saved in each checkpoint as :data:`IDENTITY_FILE`): the objective (scheduler
     config), the model config and the data and batch of this run, keyed by parameter name. A resume with other
@@ -174,6 +176,8 @@ def run_identity(
         "train_data_dir": train_data_dir,
         "resolution": resolution,
         "channels": channels,
+        "label_column": label_column,
+        "condition_dropout": condition_dropout,
         "num_images": num_images,
         "train_batch_size": train_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps,

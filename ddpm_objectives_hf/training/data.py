@@ -353,6 +353,78 @@ def find_image_column(dataset: datasets.Dataset, image_column: str | None = None
     )
 
 
+def find_label_column(dataset: datasets.Dataset, label_column: str | None = None) -> tuple[str, int]:
+    """The column of integer class labels and the number of classes K (labels are 0 … K − 1).
+
+    Args:
+        dataset (`datasets.Dataset`): The dataset.
+        label_column (`str`, *optional*): The column asked for: a `datasets.ClassLabel` (K = its number of names) or
+            an integer `datasets.Value` (K = its largest value + 1). Found automatically when the dataset has exactly
+            one `ClassLabel` feature (the digits' ``label``).
+
+    Returns:
+        `(column, num_classes)`.
+
+    Raises:
+        `DataError`: the column is absent or does not hold integer classes, or none or several are found
+        (`parameter="label_column"`).
+    """
+    import datasets
+
+    columns = list(dataset.column_names)
+    listed = ", ".join(columns) if columns else "(none)"
+    if label_column is None:
+        found = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)]
+        if len(found) != 1:
+            what = "no datasets.ClassLabel column" if not found else f"several ClassLabel columns ({', '.join(found)})"
+            raise DataError(
+                f"the dataset has {what}; name its integer class column with --label_column (columns: {listed})",
+                parameter="label_column",
+            )
+        label_column = found[0]
+    if label_column not in columns:
+        raise DataError(
+            f"label_column {label_column!r} is not a column of the dataset; its columns are: {listed}",
+            parameter="label_column",
+        )
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return label_column, feature.num_classes
+    if not (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))):
+        kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+        raise DataError(
+            f"label_column {label_column!r} holds {kind} values, not integer classes; pass a ClassLabel or integer "
+            f"column (columns: {listed})",
+            parameter="label_column",
+        )
+    values = np.asarray(dataset.with_format("numpy")[label_column])
+    if len(values) == 0 or values.min() < 0:
+        raise DataError(
+            f"label_column {label_column!r} needs integer classes 0 … K − 1; it has "
+            + ("no rows" if len(values) == 0 else f"the value {int(values.min())}"),
+            parameter="label_column",
+        )
+    return label_column, int(values.max()) + 1
+
+
+def labels_to_tensor(dataset: datasets.Dataset, label_column: str, num_classes: int) -> torch.Tensor:
+    """The class labels as int64 ``[N]``, each checked to lie in 0 … ``num_classes`` − 1.
+
+    Raises:
+        `DataError`: a label is missing (`ClassLabel`'s −1) or out of range, naming its row (`parameter="label_column"`).
+    """
+    labels = torch.as_tensor(np.asarray(dataset.with_format("numpy")[label_column]), dtype=torch.long).reshape(-1)
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if len(bad):
+        row = int(bad[0])
+        raise DataError(
+            f"label_column {label_column!r}: row {row} has the label {int(labels[row])}, outside the classes "
+            f"0 … {num_classes - 1} of the model",
+            parameter="label_column",
+        )
+    return labels
+
+
 def _is_array_feature(feature: Any, arrow_type: Any) -> bool:
     import datasets
     import pyarrow as pa
@@ -792,12 +864,19 @@ class InMemoryImageData:
     Args:
         images (`torch.Tensor`): uint8 `[N, C, H, W]`, e.g. from [`images_to_tensor`].
         device (`torch.device` or `str`, *optional*): Where to keep them (default: where they are).
+        labels (`torch.Tensor`, *optional*): int64 `[N]` class labels (from [`labels_to_tensor`]), for
+            class-conditional training: [`labels_at`] gives those of a batch.
     """
 
-    def __init__(self, images: torch.Tensor, device: torch.device | str | None = None):
+    def __init__(
+        self, images: torch.Tensor, device: torch.device | str | None = None, labels: torch.Tensor | None = None
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels is not None and labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
         self.images = images.to(device) if device is not None else images
+        self.labels = None if labels is None else labels.to(device=self.images.device, dtype=torch.long)
 
     @classmethod
     def from_dataset(
@@ -808,9 +887,13 @@ class InMemoryImageData:
         channels: int | None = None,
         device: torch.device | str | None = None,
         num_proc: int | None = None,
+        label_column: str | None = None,
+        num_classes: int | None = None,
     ) -> InMemoryImageData:
-        """[`images_to_tensor`] then move to `device`."""
-        return cls(images_to_tensor(dataset, image_column, resolution, channels, num_proc=num_proc), device)
+        """[`images_to_tensor`] (and [`labels_to_tensor`] of ``label_column`` with ``num_classes``) on `device`."""
+        images = images_to_tensor(dataset, image_column, resolution, channels, num_proc=num_proc)
+        labels = None if label_column is None else labels_to_tensor(dataset, label_column, num_classes)
+        return cls(images, device, labels=labels)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -874,6 +957,13 @@ class InMemoryImageData:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
 
+    def labels_at(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> torch.Tensor:
+        """The class labels of the images at `indices` (as [`batch`] takes them), int64 on the images' device."""
+        if self.labels is None:
+            raise ValueError("these images were loaded without labels (pass label_column to from_dataset)")
+        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
+        return self.labels.index_select(0, idx.to(device=self.labels.device, dtype=torch.long).reshape(-1))
+
 
 class OnTheFlyTransform:
     """A `dataset.with_transform(...)` transform for data too big for memory: decode, convert, resize, crop and flip
@@ -892,8 +982,11 @@ class OnTheFlyTransform:
         center_crop (`bool`, defaults to `False`): Centre crop, else random crop.
         random_flip (`bool`, defaults to `False`): Random horizontal flips.
         generator (`torch.Generator`, *optional*): CPU generator for crops and flips.
+        label_column (`str`, *optional*): Also return this column as int64 ``class_labels`` (class-conditional
+            training; check the values first with [`labels_to_tensor`]).
 
-    Returns (when called on a batch dict): `{"pixel_values": float tensor [B, C, resolution, resolution] in [-1, 1]}`.
+    Returns (when called on a batch dict): `{"pixel_values": float tensor [B, C, resolution, resolution] in [-1, 1]}`
+    (and `"class_labels"`: int64 [B] with ``label_column``).
     """
 
     def __init__(
@@ -904,6 +997,7 @@ class OnTheFlyTransform:
         center_crop: bool = False,
         random_flip: bool = False,
         generator: torch.Generator | None = None,
+        label_column: str | None = None,
     ):
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
@@ -913,6 +1007,7 @@ class OnTheFlyTransform:
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.generator = generator
+        self.label_column = label_column
 
     def apply_to(self, dataset: datasets.Dataset) -> datasets.Dataset:
         """`dataset` with its images kept encoded (see [`as_image_column`]) and this transform applied on access."""
@@ -931,4 +1026,7 @@ class OnTheFlyTransform:
         if self.random_flip and len(arrays):
             flip = _flip_mask(len(arrays), self.generator, x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return {"pixel_values": x.contiguous()}
+        out = {"pixel_values": x.contiguous()}
+        if self.label_column is not None:
+            out["class_labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
+        return out

@@ -22,6 +22,7 @@ __all__ = [
     "normalise_mean_one",
     "plot_bar",
     "plot_elbo_terms",
+    "plot_guidance_sweep",
     "plot_loss_curve",
     "plot_weighting",
     "sample_grid",
@@ -363,4 +364,51 @@ def plot_bar(
     if title:
         ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_guidance_sweep(
+    guidance_scales: Sequence[float] | np.ndarray,
+    fid: Sequence[float] | np.ndarray,
+    accuracy: Sequence[float] | np.ndarray | None,
+    path: str | Path,
+    *,
+    fid_label: str = "FID",
+    title: str = "Classifier-free guidance: sample quality vs class fidelity",
+) -> Path:
+    """FID (left axis, lower is better) and the classifier's accuracy on the requested classes (right axis) against
+    the guidance scale s of ε̂ = ε̂(x_t, ∅) + s (ε̂(x_t, y) − ε̂(x_t, ∅)): the trade-off guidance is tuned on.
+
+    Args:
+        guidance_scales: The scales s (0: unconditional, 1: conditional).
+        fid: FID of the samples at each scale.
+        accuracy: Fraction of samples classified as their requested class, at each scale (optional).
+        path: Output PNG path.
+        fid_label: Axis label of `fid` (e.g. naming the feature network).
+        title: Figure title.
+
+    Returns:
+        `path` as a `Path`.
+    """
+    s = _as_1d(guidance_scales, "guidance_scales")
+    f = _as_1d(fid, "fid")
+    _check_same_length(s, f, "guidance_scales", "fid")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    ax.plot(s, f, color="tab:blue", marker="o", label=fid_label)
+    ax.set_xlabel("guidance scale s")
+    ax.set_ylabel(fid_label, color="tab:blue")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if accuracy is not None:
+        a = _as_1d(accuracy, "accuracy")
+        _check_same_length(s, a, "guidance_scales", "accuracy")
+        ax2 = ax.twinx()
+        ax2.plot(s, a, color="tab:orange", marker="s", label="classifier accuracy on the requested class")
+        ax2.set_ylim(0, 1.02)
+        ax2.set_ylabel("accuracy", color="tab:orange")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize="small", loc="best")
     return _save(fig, path)
