@@ -2,7 +2,7 @@
 
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers looks it up here)
 
-from .elbo import variational_bound
+from .elbo import call_model, slice_model_kwargs, variational_bound
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl
 from .losses import DiffusionLossMixin, DiffusionLossOutput, diffusion_loss
 from .scheduling_ddpm_objective import DDPMObjectiveScheduler
@@ -24,11 +24,13 @@ __all__ = [
     "StratifiedSampler",
     "TimestepSampler",
     "WEIGHTINGS",
+    "call_model",
     "diffusion_loss",
     "discretized_gaussian_log_likelihood",
     "make_timestep_sampler",
     "normal_kl",
     "register_weighting",
+    "slice_model_kwargs",
     "variational_bound",
 ]
 __version__ = "0.1.0"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .elbo import call_model, variational_bound
+from .elbo import call_model, slice_model_kwargs, variational_bound
 from .scheduling_ddpm_objective import DDPMObjectiveScheduler
 
 
@@ -28,15 +29,30 @@ def full_bpd(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`variational_bound` over all T steps for every image, in batches: ``prior`` [N], ``terms`` [N, T],
-    ``total`` [N] (bits/dim). Costs N × T network evaluations."""
+    ``total`` [N] (bits/dim). Costs N × T network evaluations.
+
+    Args:
+        model (`Callable`): a diffusers model or ``model(x_t, t, **model_kwargs)`` (see :func:`call_model`).
+        scheduler ([`DDPMObjectiveScheduler`]): the model's schedule, target and variance.
+        images (`torch.Tensor`): [N, C, H, W] in [−1, 1] on the 8-bit grid.
+        batch_size (`int`, defaults to 256): images per network call.
+        generator (`torch.Generator`, *optional*): for ε.
+        progress (`bool`, defaults to `True`): show progress bars.
+        model_kwargs (`dict`, *optional*): the conditioning of the N images, as the model's forward takes it (e.g.
+            ``{"class_labels": y}``, ``{"encoder_hidden_states": h}``, ``{"added_cond_kwargs": {...}}``); split with
+            the images by :func:`slice_model_kwargs` (tensors of first dimension N are sliced, nested dicts too).
+    """
     parts = []
-    batches = range(0, images.shape[0], batch_size)
-    for start in tqdm(batches, desc="full bits/dim", disable=not progress):
+    n = images.shape[0]
+    for start in tqdm(range(0, n, batch_size), desc="full bits/dim", disable=not progress):
+        rows = slice(start, start + batch_size)
+        kwargs = slice_model_kwargs(model_kwargs, rows, n)
         parts.append(
             variational_bound(
-                model, scheduler, images[start : start + batch_size], generator=generator, progress=progress
+                model, scheduler, images[rows], generator=generator, progress=progress, model_kwargs=kwargs
             )
         )
     return {k: torch.cat([p[k] for p in parts]) for k in ("prior", "terms", "total")}
@@ -51,17 +67,30 @@ def learn_proposal(
     grid_size: int = 64,
     uniform_mix: float = 0.01,
     generator: torch.Generator | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """A proposal q over t = 1 … T − 1 (q[0] = 0), ∝ the mean VLB term of the pilot images.
 
     The terms are evaluated on a grid of ``grid_size`` timesteps (denser at small t, where they are large), and
     interpolated in log space; ``uniform_mix`` of uniform mass keeps every t reachable. Returns ``(q, evaluations)``.
+
+    Args:
+        model (`Callable`): a diffusers model or ``model(x_t, t, **model_kwargs)`` (see :func:`call_model`).
+        scheduler ([`DDPMObjectiveScheduler`]): the model's schedule, target and variance.
+        pilot_images (`torch.Tensor`): [P, C, H, W], evaluated in one batch.
+        grid_size (`int`, defaults to 64): timesteps evaluated.
+        uniform_mix (`float`, defaults to 0.01): uniform mass mixed into q.
+        generator (`torch.Generator`, *optional*): for ε.
+        model_kwargs (`dict`, *optional*): the conditioning of the P pilot images, as the model's forward takes it
+            (e.g. ``{"class_labels": y}``, ``{"encoder_hidden_states": h}``).
     """
     T = scheduler.config.num_train_timesteps
     grid = (
         np.unique(np.round(np.geomspace(1, T - 1, num=min(grid_size, T - 1))).astype(int)) if T > 2 else np.array([1])
     )
-    out = variational_bound(model, scheduler, pilot_images, timesteps=torch.as_tensor(grid), generator=generator)
+    out = variational_bound(
+        model, scheduler, pilot_images, timesteps=torch.as_tensor(grid), generator=generator, model_kwargs=model_kwargs
+    )
     mean_terms = out["terms"].double().mean(0).clamp_min(1e-12).log().cpu().numpy()
     log_q = np.interp(np.arange(1, T), grid, mean_terms)
     q = torch.from_numpy(np.exp(log_q - log_q.max()))
@@ -91,11 +120,12 @@ def estimate_bpd(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> dict:
     """Unbiased bits/dim with ``num_timesteps`` network evaluations per image, and a 95% confidence interval.
 
     Args:
-        model (`Callable`): ``model(x_t, t)``.
+        model (`Callable`): a diffusers model or ``model(x_t, t, **model_kwargs)`` (see :func:`call_model`).
         scheduler ([`DDPMObjectiveScheduler`]): the model's schedule, target and variance.
         images (`torch.Tensor`): [N, C, H, W] in [−1, 1] on the 8-bit grid.
         num_timesteps (`int`, defaults to 25): K: the decoder L_0 plus K − 1 sampled timesteps (2 ≤ K ≤ T).
@@ -105,6 +135,10 @@ def estimate_bpd(
             heavy small-t terms, where t is exact and the noise draw is all the variance left).
         batch_size (`int`, defaults to 256): images per network call.
         generator (`torch.Generator`, *optional*): for t and ε.
+        progress (`bool`, defaults to `True`): show a progress bar over the batches.
+        model_kwargs (`dict`, *optional*): the conditioning of the N images, as the model's forward takes it (e.g.
+            ``{"class_labels": y}``, ``{"encoder_hidden_states": h}``, ``{"added_cond_kwargs": {...}}``); split with
+            the images by :func:`slice_model_kwargs` (tensors of first dimension N are sliced, nested dicts too).
 
     Returns:
         `dict` with ``per_image`` [N] (bits/dim), ``bpd`` (mean), ``stderr``, ``ci95`` ``(low, high)``,
@@ -125,6 +159,7 @@ def estimate_bpd(
     calls = 0
     for start in tqdm(range(0, n, batch_size), desc="fast bits/dim", disable=not progress):
         x0 = images[start : start + batch_size]
+        kwargs = slice_model_kwargs(model_kwargs, slice(start, start + batch_size), n)
         m = x0.shape[0]
         total = scheduler.prior_bpd(x0).double().cpu()
         for stratum in steps:
@@ -138,7 +173,8 @@ def estimate_bpd(
             for _ in range(draws):
                 noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
                 xt = scheduler.add_noise(x0, noise, t_dev)
-                vb = scheduler.vlb_terms(call_model(model, xt, t_dev), x0, xt, t_dev)["vb"].double().cpu()
+                out = call_model(model, xt, t_dev, kwargs)
+                vb = scheduler.vlb_terms(out, x0, xt, t_dev)["vb"].double().cpu()
                 total += vb * scale / draws
             calls += draws
         estimate[start : start + m] = total
