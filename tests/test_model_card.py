@@ -18,6 +18,7 @@ from markdown_it import MarkdownIt
 from scipy.stats import norm
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
+from ddpm_objectives_hf.errors import PipelineError
 from ddpm_objectives_hf.scheduling_ddpm_objective import LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
 from ddpm_objectives_hf.timestep_sampling import TIMESTEP_SAMPLER_CLASSES, TIMESTEP_SAMPLERS, make_timestep_sampler
 from ddpm_objectives_hf.training.model_card import (
@@ -274,15 +275,49 @@ def test_images_referenced_only_when_given(tmp_path):
     assert "weighting.png" not in card.text
 
 
-def test_plugin_scheduler_note_only_when_set(tmp_path):
-    plain = write_model_card(tmp_path / "plain", objective=OBJECTIVE)
-    assert "pip install ddpm-objectives-hf" not in plain.text
-    assert "custom-scheduler" not in plain.data.tags
+def snippet_calls(card: ModelCard) -> dict[str, ast.Call]:
+    """The snippet's calls by attribute name (`from_pretrained`, `pipe`): it must be valid Python."""
+    fence = next(t for t in MD.parse(card.text) if t.type == "fence" and t.info == "python")
+    calls = [node for node in ast.walk(ast.parse(fence.content)) if isinstance(node, ast.Call)]
+    return {getattr(c.func, "attr", getattr(c.func, "id", None)): c for c in calls}
 
-    mu = write_model_card(tmp_path / "mu", objective={**OBJECTIVE, "prediction_type": "mean"}, plugin_scheduler=True)
-    assert "pip install ddpm-objectives-hf" in mu.text
-    assert "import ddpm_objectives_hf" in mu.text
-    assert "prediction-mean" in mu.data.tags and "custom-scheduler" in mu.data.tags
+
+def test_remote_code_note_and_trust_remote_code_only_when_set(tmp_path):
+    plain = write_model_card(tmp_path / "plain", objective=OBJECTIVE)
+    assert "trust_remote_code" not in plain.text and "custom_code" not in plain.data.tags
+    assert not snippet_calls(plain)["from_pretrained"].keywords
+    assert "pip install" not in plain.text and "import ddpm_objectives_hf" not in plain.text
+
+    mu = write_model_card(tmp_path / "mu", objective={**OBJECTIVE, "prediction_type": "mean"}, remote_code=True)
+    load = snippet_calls(mu)["from_pretrained"]
+    assert [(k.arg, k.value.value) for k in load.keywords] == [("trust_remote_code", True)]
+    assert "prediction-mean" in mu.data.tags and "custom_code" in mu.data.tags
+    assert "pipeline.py" in mu.text and "pip install" not in mu.text and "import ddpm_objectives_hf" not in mu.text
+
+
+@pytest.mark.parametrize(("num_classes", "guidance_scale"), [(10, 3.0), (2, None)])
+def test_class_conditional_snippet_passes_labels_and_guidance(tmp_path, num_classes, guidance_scale):
+    from ddpm_objectives_hf.pipeline_ddpm_objective import DDPMObjectivePipeline
+
+    card = write_model_card(
+        tmp_path,
+        objective=OBJECTIVE,
+        remote_code=True,
+        num_classes=num_classes,
+        guidance_scale=guidance_scale,
+        training={"num_inference_steps": 50},
+    )
+    call = snippet_calls(card)["pipe"]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    labels = list(range(min(num_classes, 4)))
+    expected = {"batch_size": len(labels), "class_labels": labels, "num_inference_steps": 50}
+    if guidance_scale is not None:
+        expected["guidance_scale"] = guidance_scale
+    assert kwargs == expected
+    inspect.signature(DDPMObjectivePipeline.__call__).bind(None, **kwargs)  # the pipeline takes these arguments
+    assert ("classifier-free guidance" in card.text) is (guidance_scale is not None)
+    with pytest.raises(PipelineError, match="guidance_scale"):
+        write_model_card(tmp_path, objective=OBJECTIVE, remote_code=True, num_classes=2, guidance_scale=float("nan"))
 
 
 def test_local_dataset_and_embedded_digits_are_not_hub_ids(tmp_path):

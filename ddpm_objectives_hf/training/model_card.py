@@ -60,6 +60,8 @@ _EMBEDDED_DATASET_PREFIX = "sklearn"
 _EVALUATION_START = "<!-- ddpm-objectives-hf: evaluation -->"
 _EVALUATION_END = "<!-- ddpm-objectives-hf: end of evaluation -->"
 _NO_DESCRIPTION = "(no description registered)"
+# How many classes the "How to use" snippet of a class-conditional model samples (one image each).
+_SNIPPET_CLASSES = 4
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 # Characters with an inline meaning in (GitHub-flavoured, Hub) Markdown: escapes, code, emphasis, links and images,
@@ -107,6 +109,14 @@ def python_string(value: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ values
+def _python_float(value: Any, parameter: str) -> str:
+    """A Python literal of a finite float (for the snippet)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise PipelineError(f"{parameter} must be a finite number, got {value!r}", parameter=parameter)
+    return repr(number)
+
+
 def _slug(value: Any) -> str:
     """Tag-friendly form of a value: lower case, runs of other characters → `-`."""
     return re.sub(r"[^a-z0-9.]+", "-", str(value).lower()).strip("-")
@@ -319,7 +329,9 @@ def write_model_card(
     metrics: Mapping[str, Any] | None = None,
     images: Mapping[str, str] | None = None,
     training: Mapping[str, Any] | None = None,
-    plugin_scheduler: bool = False,
+    remote_code: bool = False,
+    num_classes: int | None = None,
+    guidance_scale: float | None = None,
     license: str = "apache-2.0",
 ) -> ModelCard:
     """Render the model card of a trained pipeline and write it to `output_dir/README.md` (no network).
@@ -337,8 +349,12 @@ def write_model_card(
         images: Key → image path relative to `output_dir` (e.g. `{"samples": "samples.png"}`); the key, capitalised
             with `_` as spaces, is the caption.
         training: Training hyper-parameters for the table (`num_inference_steps` also sets the snippet's value).
-        plugin_scheduler: The pipeline's scheduler is the plugin's `DDPMObjectiveScheduler` (μ models): the card says
-            that `pip install ddpm-objectives-hf` is needed to load it.
+        remote_code: The pipeline is the folder's `pipeline.py` (`DDPMObjectivePipeline`: learned-variance, μ and
+            class-conditional models): the snippet loads it with `trust_remote_code=True`, and the card says so.
+        num_classes: The number of classes of a class-conditional model: the snippet samples one image of each of
+            the first classes (`class_labels=[0, 1, ...]`).
+        guidance_scale: The classifier-free guidance scale the snippet passes (a model with a null class); `None`:
+            none.
         license: License id for the metadata.
 
     Returns:
@@ -352,8 +368,8 @@ def write_model_card(
     model_id = repo_id or folder_name or output_dir.resolve().name
 
     tags = objective_tags(objective_plain)
-    if plugin_scheduler:
-        tags.append("custom-scheduler")
+    if remote_code:
+        tags.append("custom_code")
     card_data = ModelCardData(
         library_name="diffusers",
         license=license,
@@ -365,18 +381,28 @@ def write_model_card(
         ddpm_metrics=metrics_plain or None,
     )
     steps = training.get("num_inference_steps") or objective_plain.get("num_train_timesteps") or 1000
+    class_labels = list(range(min(int(num_classes), _SNIPPET_CLASSES))) if num_classes else None
+    arguments = {}  # the snippet's sampling call: numbers only
+    if class_labels:
+        arguments = {"batch_size": str(len(class_labels)), "class_labels": repr(class_labels)}
+        if guidance_scale is not None:
+            arguments["guidance_scale"] = _python_float(guidance_scale, "guidance_scale")
+    arguments["num_inference_steps"] = str(int(steps))
     card = _render(
         card_data,
         title=escape_markdown(model_id.split("/")[-1]),
         dataset=markdown_code(dataset_name) if dataset_name else None,
-        plugin_scheduler=plugin_scheduler,
+        remote_code=remote_code,
+        num_classes=int(num_classes) if num_classes else None,
+        class_labels=class_labels,
+        guided="guidance_scale" in arguments,
+        sample_arguments=", ".join(f"{k}={v}" for k, v in arguments.items()),
         objective=describe_objective(objective_plain),
         images=_image_rows(images, output_dir),
         metric_rows=_table(metrics_plain),
         training_rows=_table(training),
         model_id_literal=python_string(model_id),
         pushed=repo_id is not None,
-        num_inference_steps=int(steps),
     )
     _save(card, output_dir / "README.md")
     return card
