@@ -204,6 +204,19 @@ for job in json.loads(sys.argv[1]):
             **job["kwargs"],
         ).images
         np.save(f"{job['out']}-{swap}.npy", images)
+    if job["remote"]:  # the loaded pipeline saves a folder that loads again (pipeline.py copied along)
+        pipe.save_pretrained(f"{job['out']}-resaved")
+        again = DiffusionPipeline.from_pretrained(f"{job['out']}-resaved", trust_remote_code=True)
+        again.set_progress_bar_config(disable=True)
+        resampled = again(
+            batch_size=2,
+            num_inference_steps=job["steps"],
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+            **job["kwargs"],
+        ).images
+        report[job["name"]].append(type(again.scheduler).__name__)
+        report[job["name"]].append(bool(np.array_equal(resampled, images)))
 assert not [m for m in sys.modules if m.split(".")[0] == "ddpm_objectives_hf"]
 print(json.dumps(report))
 """
@@ -244,11 +257,15 @@ def test_every_kind_loads_and_samples_without_the_package(standalone, name):
     """The standalone samples, with each scheduler, are the package pipeline's with the same seed."""
     report, work = standalone
     kind = KINDS[name]
-    cls, module = report[name]
+    cls, module, *resaved = report[name]
     if name in PLAIN:
         assert (cls, module) == ("DDPMPipeline", "diffusers.pipelines.ddpm.pipeline_ddpm")
     else:
         assert cls == "DDPMObjectivePipeline" and module.startswith("diffusers_modules.")
+        assert resaved == ["DPMSolverMultistepScheduler", True]  # re-saved with the last swap, same samples
+        index = json.loads((work / f"{name}-resaved" / "model_index.json").read_text())
+        assert index["_class_name"] == ["pipeline", "DDPMObjectivePipeline"] and "_name_or_path" not in index
+        assert (work / f"{name}-resaved" / "pipeline.py").read_bytes() == Path(pipeline_module.__file__).read_bytes()
     pipe = model_pipeline(kind)
     config = pipe.scheduler.config
     for swap, scheduler_class in SWAPS.items():

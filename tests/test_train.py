@@ -75,15 +75,35 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int] | None]:
 
 
 def load_and_sample(output_dir: Path, batch_size: int = 2):
-    """Load the saved pipeline with plain `DiffusionPipeline` and sample a few images; check them."""
-    from diffusers import DiffusionPipeline
+    """Load the saved pipeline as plain diffusers does and sample a few images; check them.
 
-    pipeline = DiffusionPipeline.from_pretrained(output_dir)
+    A `DDPMObjectivePipeline` folder (learned variance, μ̃, class-conditional) names its ``pipeline.py``, which
+    diffusers runs with ``trust_remote_code=True`` (tests/test_pipeline.py does so in a Python without this
+    package); here the same class is built from the folder's components, so no remote code runs in the test process.
+    """
+    from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
+
+    from ddpm_objectives_hf.pipeline_ddpm_objective import DDPMObjectivePipeline
+
+    index = json.loads((output_dir / "model_index.json").read_text())
+    kwargs = {}
+    if index["_class_name"] == ["pipeline", "DDPMObjectivePipeline"]:
+        assert (output_dir / "pipeline.py").is_file()
+        pipeline = DDPMObjectivePipeline(
+            unet=UNet2DModel.from_pretrained(output_dir, subfolder="unet"),
+            scheduler=DDPMScheduler.from_pretrained(output_dir, subfolder="scheduler"),
+            **{k: index[k] for k in ("prediction_type", "num_classes", "null_class_label")},
+        )
+        if index["num_classes"] is not None:
+            kwargs["class_labels"] = [i % index["num_classes"] for i in range(batch_size)]
+    else:
+        pipeline = DiffusionPipeline.from_pretrained(output_dir)
     images = pipeline(
         batch_size=batch_size,
         num_inference_steps=3,
         output_type="np",
         generator=torch.Generator().manual_seed(0),
+        **kwargs,
     ).images
     size = pipeline.unet.config.sample_size
     assert images.shape == (batch_size, size, size, pipeline.unet.config.in_channels)
@@ -154,7 +174,8 @@ def test_default_run_writes_a_plain_diffusers_pipeline(default_run: Path):
     objective = json.loads((out / "objective.json").read_text())  # the options DDPMScheduler does not have
     scheduler_config = json.loads((out / "scheduler/scheduler_config.json").read_text())
     assert scheduler_config["prediction_type"] == "epsilon" and objective["loss_weighting"] == "simple"
-    assert objective["train_steps"] == 6 and objective["plugin_scheduler"] is False
+    assert objective["train_steps"] == 6 and "plugin_scheduler" not in objective
+    assert not (out / "pipeline.py").exists()  # no remote code: DiffusionPipeline.from_pretrained as it is
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\n") and "library_name: diffusers" in readme.split("\n---", 1)[0]
     history = json.loads((out / "loss_history.json").read_text())
@@ -190,7 +211,7 @@ OBJECTIVES = {
 def test_objective_trains_saves_and_samples(flags: list[str], tmp_path: Path, capsys):
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from ddpm_objectives_hf import DDPMObjectiveScheduler
+    from ddpm_objectives_hf.pipeline_ddpm_objective import DDPMObjectivePipeline
 
     out = tmp_path / "out"
     run_ok(tiny_args(out, *flags, steps=4), capsys)
@@ -207,16 +228,18 @@ def test_objective_trains_saves_and_samples(flags: list[str], tmp_path: Path, ca
 
     pipeline = load_and_sample(out)
     assert type(pipeline.unet) is UNet2DModel
-    assert scheduler_config["prediction_type"] == expected_prediction
-    if expected_prediction == "mean":
-        # diffusers' DDPMScheduler cannot sample a μ̃ model: the plugin scheduler is saved, and still loads
-        assert index["scheduler"] == ["ddpm_objectives_hf.scheduling_ddpm_objective", "DDPMObjectiveScheduler"]
-        assert type(pipeline.scheduler) is DDPMObjectiveScheduler
-        assert objective["plugin_scheduler"] is True
+    # diffusers' schedulers have no μ̃ target: the saved DDPMScheduler is fed ε̂, the true target is in the pipeline
+    # config and objective.json
+    assert scheduler_config["prediction_type"] == ("epsilon" if expected_prediction == "mean" else expected_prediction)
+    assert objective.get("prediction_type", scheduler_config["prediction_type"]) == expected_prediction
+    assert index["scheduler"] == ["diffusers", "DDPMScheduler"] and type(pipeline.scheduler) is DDPMScheduler
+    assert "plugin_scheduler" not in objective
+    if expected_prediction == "mean" or "--learn_variance" in flags:
+        # the package's pipeline, saved as pipeline.py: loaded by plain diffusers with trust_remote_code=True
+        assert index["_class_name"] == ["pipeline", "DDPMObjectivePipeline"]
+        assert type(pipeline) is DDPMObjectivePipeline and pipeline.config.prediction_type == expected_prediction
     else:
-        assert index["scheduler"] == ["diffusers", "DDPMScheduler"]
-        assert type(pipeline.scheduler) is DDPMScheduler
-        assert objective["plugin_scheduler"] is False
+        assert index["_class_name"] == "DDPMPipeline" and not (out / "pipeline.py").exists()
     if "--learn_variance" in flags:
         assert pipeline.unet.config.out_channels == 2 * pipeline.unet.config.in_channels == 2
         assert scheduler_config["variance_type"] == "learned_range"
