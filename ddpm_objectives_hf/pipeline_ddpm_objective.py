@@ -82,8 +82,9 @@ def convert_prediction(
     if from_type == to_type:
         return prediction
     t = _timestep_index(timestep, len(alphas_cumprod))
-    ac = alphas_cumprod.double()[t]
-    ac_prev = alphas_cumprod.double()[t - 1] if t > 0 else torch.ones((), dtype=torch.float64)
+    table = alphas_cumprod.detach().cpu().double()  # float64 on the CPU (mps has none)
+    ac = table[t]
+    ac_prev = table[t - 1] if t > 0 else torch.ones((), dtype=torch.float64)
     beta = 1.0 - ac / ac_prev
     coefficients = {
         "a": ac.sqrt(),
@@ -154,9 +155,9 @@ class DDPMObjectivePipeline(DiffusionPipeline):
             raise ValueError(
                 f"prediction_type must be one of {', '.join(MODEL_PREDICTION_TYPES)}, got {prediction_type!r}"
             )
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-        if num_classes is not None and num_classes < 1:
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         if null_class_label is not None:
             if num_classes is None:
