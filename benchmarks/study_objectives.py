@@ -1,239 +1,164 @@
 #!/usr/bin/env python
-"""Study: train on digits with each objective (equal steps and seed), evaluate bits/dim, FID and speed.
+"""Study v2: every objective on digits over several seeds, with intervals, curves, a sampling-step sweep, the
+importance-sampling check and memorization; the page is regenerated from whatever results exist.
 
-    python -m benchmarks.study_objectives                   # CPU, bounded (~45 min on 2 cores)
-    python -m benchmarks.study_objectives --quick           # smoke run (minutes)
-    python -m benchmarks.study_objectives --long            # more steps and samples, for a GPU
+    python -m benchmarks.study_objectives --jobs 2              # the CPU profile (see below), docs/study.md
+    python -m benchmarks.study_objectives --quick               # smoke profile: 2 objectives × 2 seeds, minutes
+    python -m benchmarks.study_objectives --long --device cuda  # the GPU profile
+    python -m benchmarks.study_objectives --dry_run             # the plan and its estimated time, nothing run
+    python -m benchmarks.study_objectives --page_only           # the page from the results that exist
 
-Writes ``--out`` (default ``docs/study``): ``results.json``, ``bpd.png``, ``fid.png``, ``loss_curves.png`` and
-``docs/study.md`` with the table and the comparison with the published orderings, all computed from this run.
+Each (objective, seed) is trained once into ``--cache_dir`` (default ``runs/study``) under a folder named by a hash
+of its training flags; every measurement is a JSON file in it. Interrupting and rerunning resumes: finished runs
+and measurements are read back, an unfinished training run resumes from its last checkpoint, and a changed profile
+reruns only the runs and measurements whose settings changed.
+
+Profiles (``benchmarks/study/profiles.py``; costs measured with the smoke run, see ``--dry_run``):
+
+* ``--quick``: eps-simple and eps-hybrid, seeds 0 1, 100 steps, curves at 25/50/75/100, 64 samples per FID with
+  20 DDPM steps, a 5/10/20-step sweep. A smoke test of every part, not a result.
+* default (CPU): all 9 objectives × seeds 0 1 2, 400 steps of batch 64, curves at 50/100/200/300/400 for
+  eps-simple, v-simple, eps-min_snr5 and eps-hybrid, 256 samples per FID with 50 respaced DDPM steps, bits/dim
+  on all 360 held-out digits, the sweep at 10/25/50/100/250 steps (DDPM and DDIM) with 256 samples.
+* ``--long`` (GPU): all 9 objectives × 5 seeds, 4,000 steps, curves at 250/500/1000/2000/3000/4000 (also for the
+  two L_vlb runs), 2,000 samples per FID with 1,000 DDPM steps, the sweep at 10 … 1,000 steps with 2,000 samples,
+  and the full bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import logging
+import os
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-# name -> training flags. Equal steps, seed, data and UNet for all.
-RUNS: dict[str, list[str]] = {
-    "eps-simple": ["--prediction_type", "epsilon"],
-    "x0-simple": ["--prediction_type", "sample"],
-    "v-simple": ["--prediction_type", "v_prediction"],
-    "mean-simple": ["--prediction_type", "mean"],
-    "eps-kl": ["--prediction_type", "epsilon", "--loss_type", "kl", "--timestep_sampler", "importance"],
-    "eps-hybrid": ["--prediction_type", "epsilon", "--learn_variance"],
-    "eps-min_snr5": ["--prediction_type", "epsilon", "--loss_weighting", "min_snr", "--snr_gamma", "5"],
-    "eps-p2": ["--prediction_type", "epsilon", "--loss_weighting", "p2", "--p2_k", "1", "--p2_gamma", "1"],
-    "x0-edm": ["--prediction_type", "sample", "--loss_weighting", "edm", "--sigma_data", "0.5"],
-}
-QUICK = ["eps-simple", "eps-kl", "eps-hybrid", "eps-min_snr5"]
+from benchmarks.study import profiles as P  # noqa: E402
+
+# Costs measured with the smoke profile (one torch thread, see the module docstring); --dry_run scales them.
+SECONDS_PER_STEP = 0.25  # one training step, batch 64, default UNet
+SECONDS_PER_1K_EVALUATIONS = 1.0  # 1,000 image-evaluations of the UNet when sampling or estimating bits/dim
 
 
-def main() -> None:
+def estimate(profile: P.Profile, seconds_per_step: float, seconds_per_1k: float) -> dict:
+    """Training steps, network image-evaluations and the seconds they take (one process)."""
+    steps = len(profile.runs()) * profile.steps
+    # bits/dim: K calls per image plus the exact small-t draws (≈ 6 more), plus the 8 × 64 pilot
+    per_bpd = profile.bpd_images * (profile.num_bpd_timesteps + 6) + 8 * 64
+    per_fid = profile.fid_samples * profile.sampling_steps
+    evaluations = 0
+    for name, _ in profile.runs():
+        points = len(profile.curve_points) if name in profile.curve_objectives else 1
+        evaluations += points * (per_bpd + per_fid)
+        if name in profile.sweep_objectives:
+            evaluations += 2 * profile.sweep_samples * sum(profile.sweep_steps)
+        if profile.full_bpd:
+            evaluations += 360 * 1000
+    seconds = steps * seconds_per_step + evaluations / 1000 * seconds_per_1k
+    return {
+        "runs": len(profile.runs()),
+        "training_steps": steps,
+        "network_evaluations": evaluations,
+        "seconds": seconds,
+    }
+
+
+def measured_costs(results: dict) -> tuple[float | None, float | None]:
+    """Median seconds per step and per 1,000 network evaluations in a results dictionary."""
+    steps, evals = [], []
+    for run in results.get("runs", {}).values():
+        for entry in run.get("seeds", {}).values():
+            if entry.get("train", {}).get("seconds_per_step"):
+                steps.append(entry["train"]["seconds_per_step"])
+            for e in entry.get("evals", {}).values():
+                if e.get("kind") in ("fid", "bpd") and e.get("network_evaluations"):
+                    evals.append(1000 * e["seconds"] / e["network_evaluations"])
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2] if xs else None
+
+    return median(steps), median(evals)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "study"))
-    parser.add_argument("--runs", nargs="*", default=None, help=f"subset of {', '.join(RUNS)}")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--eval_images", type=int, default=100, help="held-out digits for bits/dim")
-    parser.add_argument("--num_samples", type=int, default=200)
-    parser.add_argument("--num_inference_steps", type=int, default=250)
-    parser.add_argument("--num_bpd_timesteps", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="4 objectives, few steps: a smoke run")
-    parser.add_argument("--long", action="store_true", help="10x steps, for a GPU")
-    parser.add_argument("--keep_models", action="store_true")
-    parser.add_argument("--page_only", action="store_true", help="only rewrite docs/study.md from results.json")
-    args = parser.parse_args()
-    if args.quick:
-        args.steps, args.eval_images, args.num_samples, args.num_inference_steps = 200, 64, 64, 100
-    if args.long:
-        args.steps, args.eval_images, args.num_samples, args.num_inference_steps = 10 * args.steps, 360, 2000, 1000
-    names = args.runs or (QUICK if args.quick else list(RUNS))
-    unknown = [n for n in names if n not in RUNS]
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the smoke profile (minutes)")
+    size.add_argument("--long", action="store_true", help="the GPU profile")
+    parser.add_argument("--out", default=None, help="figures and results.json (default docs/study; --quick: "
+                        "docs/study_v2_smoke)")  # fmt: skip
+    parser.add_argument("--page", default=None, help="the page (default docs/study.md; elsewhere OUT/study.md)")
+    parser.add_argument("--cache_dir", default=str(ROOT / "runs" / "study"), help="the run cache")
+    parser.add_argument("--objectives", nargs="*", default=None, help=f"subset of {', '.join(P.OBJECTIVES)}")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="other seeds than the profile's")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (worker processes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    parser.add_argument("--device", default="cpu", help="device of the measurements (training: accelerate's)")
+    parser.add_argument("--keep_checkpoints", action="store_true", help="keep the training checkpoints")
+    parser.add_argument("--page_only", action="store_true", help="only collect the results and write the page")
+    parser.add_argument("--dry_run", action="store_true", help="print the plan and the estimated time")
+    args = parser.parse_args(argv)
+    unknown = [o for o in args.objectives or [] if o not in P.OBJECTIVES]
     if unknown:
-        parser.error(f"--runs: unknown {unknown}; valid: {', '.join(RUNS)}")
-
-    from scripts import evaluate, train
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if args.page_only:
-        return write_page(results, out, args)
-    for name in names:
-        model_dir = out / "models" / name
-        shutil.rmtree(model_dir, ignore_errors=True)
-        flags = [
-            "--output_dir",
-            str(model_dir),
-            "--max_train_steps",
-            str(args.steps),
-            "--seed",
-            str(args.seed),
-            "--train_batch_size",
-            str(args.batch_size),
-            "--report_to",
-            "none",
-            "--checkpointing_steps",
-            str(10**9),
-            "--num_inference_steps",
-            str(min(args.num_inference_steps, 250)),
-            "--logging_steps",
-            str(max(1, args.steps // 50)),
-            *RUNS[name],
-        ]
-        start = time.perf_counter()
-        if train.main(flags) != 0:
-            raise SystemExit(f"training {name} failed")
-        train_seconds = time.perf_counter() - start
-        history = json.loads((model_dir / "loss_history.json").read_text())
-        images_per_s = history and sorted(h.get("images_per_s", 0) for h in history)[len(history) // 2]
-        report = evaluate.evaluate(
-            evaluate.parse_args(
-                [
-                    str(model_dir),
-                    "--max_eval_samples",
-                    str(args.eval_images),
-                    "--num_samples",
-                    str(args.num_samples),
-                    "--num_inference_steps",
-                    str(args.num_inference_steps),
-                    "--num_bpd_timesteps",
-                    str(args.num_bpd_timesteps),
-                    "--fid_features",
-                    "digits",
-                    "--seed",
-                    str(args.seed),
-                    "--output_dir",
-                    str(out / "eval" / name),
-                ]
-            )
-        )
-        results[name] = {
-            "flags": RUNS[name],
-            "steps": args.steps,
-            "train_seconds": train_seconds,
-            "images_per_s": images_per_s,
-            "final_loss": history[-1]["loss"] if history else None,
-            "loss_history": history,
-            "bpd_full": report["bpd_full"]["bpd"],
-            "bpd_full_stderr": report["bpd_full"]["stderr"],
-            "prior_bpd": report["bpd_full"]["prior_bpd"],
-            "decoder_bpd": report["bpd_full"]["decoder_bpd"],
-            "bpd_fast": report["bpd_fast"]["bpd"],
-            "bpd_fast_ci95": report["bpd_fast"]["ci95"],
-            "bpd_fast_saving": report["bpd_fast"]["evaluation_saving"],
-            "fid_digits": report["fid"]["fid"],
-            "classifier_confidence": report.get("classifier_view", {}).get("mean_confidence"),
-            "class_entropy": report.get("classifier_view", {}).get("class_entropy_nats"),
-        }
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
-        if not args.keep_models:
-            shutil.rmtree(model_dir, ignore_errors=True)
-    write_page(results, out, args)
+        parser.error(f"--objectives: unknown {unknown}; valid: {', '.join(P.OBJECTIVES)}")
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be >= 1")
+    return args
 
 
-def _cmp(results: dict, a: str, b: str, key: str, lower_is_better: bool = True) -> str | None:
-    if a not in results or b not in results:
-        return None
-    va, vb = results[a][key], results[b][key]
-    better = va < vb if lower_is_better else va > vb
-    return f"{a} {va:.3f} vs {b} {vb:.3f}: {a} is {'better' if better else 'worse'}"
-
-
-def write_page(results: dict, out: Path, args) -> None:
-    from ddpm_objectives_hf.training.plots import plot_bar, plot_loss_curve
-
-    names = list(results)
-    plot_bar(
-        names,
-        [results[n]["bpd_full"] for n in names],
-        out / "bpd.png",
-        "bits/dim (full VLB)",
-        errors=[1.96 * results[n]["bpd_full_stderr"] for n in names],
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    profile = P.QUICK if args.quick else P.LONG if args.long else P.CPU
+    profile = P.select(profile, args.objectives, args.seeds)
+    out = Path(args.out or ROOT / "docs" / ("study_v2_smoke" if args.quick else "study"))
+    page = (
+        Path(args.page)
+        if args.page
+        else (out.parent / "study.md" if out.resolve() == (ROOT / "docs" / "study").resolve() else out / "study.md")
     )
-    plot_bar(names, [results[n]["fid_digits"] for n in names], out / "fid.png", "FID (digits features)")
-    for n in names:
-        h = results[n]["loss_history"]
-        if h:
-            plot_loss_curve([x["step"] for x in h], [x["loss"] for x in h], out / f"loss_{n}.png", title=n, logy=True)
 
-    rows = [
-        "| objective | flags | bits/dim (full) | bits/dim (fast, 95% CI) | fast − full | fewer network calls | "
-        "FID (digits) | classifier confidence | images/s | final loss |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for n in names:
-        r = results[n]
-        lo, hi = r["bpd_fast_ci95"]
-        rows.append(
-            f"| {n} | `{' '.join(r['flags'])}` | {r['bpd_full']:.3f} ± {1.96 * r['bpd_full_stderr']:.3f} | "
-            f"{r['bpd_fast']:.3f} [{lo:.3f}, {hi:.3f}] | {r['bpd_fast'] - r['bpd_full']:+.4f} | "
-            f"{r['bpd_fast_saving']:.0f}× | {r['fid_digits']:.2f} | "
-            f"{r['classifier_confidence'] or float('nan'):.3f} | {r['images_per_s'] or float('nan'):.0f} | "
-            f"{r['final_loss']:.4g} |"
-        )
-    checks = []
-    c = _cmp(results, "eps-kl", "eps-simple", "bpd_full")
-    if c:
-        checks.append(f"- Ho et al. 2020 (true VLB gives better NLL than L_simple): {c}.")
-    c = _cmp(results, "eps-kl", "eps-simple", "fid_digits")
-    if c:
-        checks.append(f"- Ho et al. 2020 (true VLB gives worse FID than L_simple): {c}.")
-    c = _cmp(results, "eps-hybrid", "eps-simple", "bpd_full")
-    if c:
-        checks.append(f"- Nichol & Dhariwal 2021 (L_hybrid better NLL than L_simple): {c}.")
-    c = _cmp(results, "eps-hybrid", "eps-simple", "fid_digits")
-    if c:
-        checks.append(f"- Nichol & Dhariwal 2021 (L_hybrid close to L_simple in FID): {c}.")
-    c = _cmp(results, "eps-kl", "eps-hybrid", "bpd_full")
-    if c:
-        checks.append(f"- Nichol & Dhariwal 2021 (L_vlb best NLL): {c}.")
-    c = _cmp(results, "eps-min_snr5", "eps-simple", "fid_digits")
-    if c:
-        checks.append(f"- Hang et al. 2023 (min-SNR-5 converges faster; at equal steps, FID): {c}.")
-    if results:
-        errors = [abs(r["bpd_fast"] - r["bpd_full"]) for r in results.values()]
-        covered = sum(r["bpd_fast_ci95"][0] <= r["bpd_full"] <= r["bpd_fast_ci95"][1] for r in results.values())
-        savings = [r["bpd_fast_saving"] for r in results.values()]
-        checks.append(
-            f"- Fast bits/dim estimator ({args.num_bpd_timesteps} network calls per image plus the pilot): "
-            f"|fast − full| ≤ {max(errors):.4f} bits/dim (median {sorted(errors)[len(errors) // 2]:.4f}), "
-            f"{min(savings):.0f}–{max(savings):.0f}× fewer network calls, the 95% interval covers the full value "
-            f"for {covered} of {len(results)} models (target: within 0.01 with ≥ 20× fewer calls)."
-        )
-    page = [
-        "# Study: DDPM objectives on digits",
-        "",
-        f"Generated by `benchmarks/study_objectives.py` ({args.steps} steps, batch {args.batch_size}, seed {args.seed}, "
-        f"{args.eval_images} held-out digits for bits/dim, {args.num_samples} samples with "
-        f"{args.num_inference_steps} DDPM steps against those held-out digits for FID with the package's "
-        "digits-classifier features; FID from so few images is biased upwards, comparable only within the table). "
-        "Every figure below comes from that run's `results.json`; nothing is tuned per objective.",
-        "",
-        *rows,
-        "",
-        "![bits/dim](study/bpd.png) ![FID](study/fid.png)",
-        "",
-        "images/s is the median of the throughput logged during training; on a shared machine it also reflects "
-        "whatever else ran at the time, so compare objectives' cost with `benchmarks/bench_loss_step.py` instead "
-        "(loss overhead ≤ 1.006× for every objective). ± is 1.96 standard errors over images.",
-        "",
-        "## Against the published orderings (computed from the table)",
-        "",
-        *checks,
-        "",
-    ]
-    (out.parent / "study.md").write_text("\n".join(page) + "\n")
-    print("\n".join(rows + [""] + checks))
+    from benchmarks.study import page as page_module
+    from benchmarks.study import runner
+
+    plan = estimate(profile, SECONDS_PER_STEP, SECONDS_PER_1K_EVALUATIONS)
+    print(f"profile {profile.name}: {plan['runs']} runs, {plan['training_steps']} training steps, "
+          f"{plan['network_evaluations']:,} network image-evaluations: ≈ {plan['seconds'] / 60 / args.jobs:.0f} min "
+          f"with {args.jobs} job(s) of one free core each (before what the cache already holds)")  # fmt: skip
+    if args.dry_run:
+        return 0
+    start = time.perf_counter()
+    failures = []
+    if not args.page_only:
+        specs = [
+            runner.RunSpec(name, seed, profile, args.cache_dir, args.device, args.keep_checkpoints)
+            for name, seed in profile.runs()
+        ]
+        failures = runner.run_all(specs, jobs=args.jobs, threads=args.threads)
+    results = runner.collect(profile, args.cache_dir)
+    notes = None
+    if not args.page_only:
+        notes = {"elapsed_s": time.perf_counter() - start, "jobs": args.jobs, "threads": args.threads,
+                 "device": args.device}  # fmt: skip
+        results["session"] = notes
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    page_module.write_page(results, out, page, notes)
+    step_cost, eval_cost = measured_costs(results)
+    print(f"wrote {page} and {out / 'results.json'}; measured {step_cost} s/step, {eval_cost} s per 1k evaluations")
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
