@@ -220,6 +220,19 @@ def test_ddpm_sampler_loop_equals_diffusers_pipeline(out_channels):
     assert ddim.shape == (3, 1, 8, 8) and 0 <= float(ddim.min()) and float(ddim.max()) <= 1
 
 
+def test_loss_estimate_noise_compares_two_samplers_of_the_same_objective():
+    from benchmarks.study import measure
+    from ddpm_objectives_hf import DDPMObjectiveScheduler
+    from tests.tiny import tiny_unet
+
+    scheduler = DDPMObjectiveScheduler(loss_type="kl")
+    x0 = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    r = measure.loss_estimate_noise(tiny_unet().eval(), scheduler, x0, batch_size=8, batches=6, seed=0, history=1)
+    assert r["network_evaluations"] == 1000 + 2 * 6 * 8
+    assert r["std_ratio"] == pytest.approx(r["importance"]["std"] / r["uniform"]["std"])
+    assert r["uniform"]["std"] > 0 and r["importance"]["std"] > 0
+
+
 # ---------------------------------------------------------------------------------------------------- the page
 def _fake_results(objectives=("eps-simple", "eps-kl", "eps-kl-uniform", "eps-hybrid", "eps-min_snr5"), seeds=3):
     """Results in runner.collect's layout, with every measurement the quick profile names: eps-kl's bits/dim is
@@ -247,6 +260,11 @@ def _fake_results(objectives=("eps-simple", "eps-kl", "eps-kl-uniform", "eps-hyb
                     penalty = (50 if name == "eps-simple" else 5) / k
                     e.update(fid=base_fid[name] * (2 - frac) + penalty + rng.gauss(0, 0.1), fid_bootstrap={"std": 0.5},
                              classifier_confidence=0.9)  # fmt: skip
+                elif settings["kind"] == "isnoise":
+                    ratio = 0.5 + rng.gauss(0, 0.02)
+                    e.update(
+                        uniform={"std": 1.0, "mean": 3.0}, importance={"std": ratio, "mean": 3.0}, std_ratio=ratio
+                    )
                 else:
                     mem = {"nn_train_median": 1.0, "heldout_nn_train_median": 1.1, "closer_to_train": 0.5 + rng.gauss(0, 0.02),
                            "closer_to_train_fresh": 0.5, "nn_train_quantiles": [0.5, 0.8, 1.0, 1.2, 1.5],
@@ -264,8 +282,10 @@ def _fake_results(objectives=("eps-simple", "eps-kl", "eps-kl-uniform", "eps-hyb
 def test_claims_from_fake_results():
     results = _fake_results()
     by_id = {c["id"]: c for c in claims.claims(results)}
-    assert by_id["ho-nll"]["verdict"] == stats.HOLDS
-    assert by_id["ho-nll"]["estimate"]["mean"] == pytest.approx(-1.0, abs=0.1)
+    assert by_id["ho-nll"]["verdict"] == stats.HOLDS  # Ho et al.: L_vlb with uniform t
+    assert by_id["ho-nll"]["estimate"]["mean"] == pytest.approx(-0.7, abs=0.1)
+    assert by_id["nd-is-noise"]["verdict"] == stats.HOLDS
+    assert by_id["nd-is-noise"]["estimate"]["mean"] == pytest.approx(math.log(0.5), abs=0.1)
     assert by_id["ho-fid"]["verdict"] == stats.HOLDS and by_id["ho-fid"]["fid_noise"] == 0.5
     assert by_id["nd-hybrid-nll"]["verdict"] in (stats.UNRESOLVED, stats.FAILS, stats.HOLDS)
     assert by_id["nd-few-steps-5"]["verdict"] == stats.HOLDS  # 50/k vs 5/k penalty dominates at k = 5

@@ -283,6 +283,59 @@ def full_bound(unet, scheduler, images: torch.Tensor, *, seed: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------------- L_vlb noise
+@torch.no_grad()
+def loss_estimate_noise(
+    unet, scheduler, train_images: torch.Tensor, *, batch_size: int, batches: int, seed: int, history: int = 10
+) -> dict:
+    """How noisy one training step's loss estimate is with uniform t and with importance-sampled t, for the same
+    weights: the standard deviation over ``batches`` minibatches of ``mean(w · L)`` (``losses.diffusion_loss``, as
+    train.py computes it), with the uniform sampler and with an ``ImportanceSampler`` whose history (``history``
+    losses at every t) is filled from this model first, as training fills it.
+
+    Both estimate the same objective (the importance weights are 1 / (T p_t)), so the ratio of the two standard
+    deviations is the variance reduction of Nichol & Dhariwal 2021, §3.3 (their p_t ∝ √E[L_t²]).
+    """
+    from ddpm_objectives_hf.losses import diffusion_loss
+    from ddpm_objectives_hf.timestep_sampling import ImportanceSampler, TimestepSampler
+
+    start = time.perf_counter()
+    device = unet.device
+    T = scheduler.config.num_train_timesteps
+    generator = torch.Generator(device=device).manual_seed(seed)
+    pick = torch.Generator().manual_seed(seed)
+    images = train_images.to(device)
+
+    def draw(n: int) -> torch.Tensor:
+        return images[torch.randint(0, len(images), (n,), generator=pick).to(device)]
+
+    importance = ImportanceSampler(T, history=history)
+    chunk = 500
+    for _ in range(history):  # every t, `history` times: the sampler is then warmed up
+        for first in range(0, T, chunk):
+            t = torch.arange(first, min(first + chunk, T), device=device)
+            out = diffusion_loss(unet, draw(len(t)), scheduler, timesteps=t, generator=generator)
+            importance.update(t, out.per_sample_loss)
+    result: dict = {"batch_size": batch_size, "batches": batches, "history": history}
+    for name, sampler in (("uniform", TimestepSampler(T)), ("importance", importance)):
+        estimates = torch.tensor(
+            [
+                float(
+                    diffusion_loss(
+                        unet, draw(batch_size), scheduler, timestep_sampler=sampler, generator=generator
+                    ).loss
+                )
+                for _ in range(batches)
+            ],
+            dtype=torch.float64,
+        )
+        result[name] = {"mean": float(estimates.mean()), "std": float(estimates.std())}
+    result["std_ratio"] = result["importance"]["std"] / result["uniform"]["std"]
+    result["network_evaluations"] = history * T + 2 * batches * batch_size
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------- memorization
 def nearest(queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance from each query row to its nearest key row, and that key's index."""

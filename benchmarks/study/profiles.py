@@ -24,6 +24,7 @@ OBJECTIVES: dict[str, list[str]] = {
     "x0-edm": ["--prediction_type", "sample", "--loss_weighting", "edm", "--sigma_data", "0.5"],
 }
 SAMPLERS = ("ddpm", "ddim")
+VLB_OBJECTIVES = tuple(name for name, flags in OBJECTIVES.items() if "kl" in flags)  # the loss-noise measurement
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Profile:
         sweep_samples (`int`): generated images per FID of the sweep.
         full_bpd (`bool`): also the full bound (N × T calls) at the final step.
         bootstrap (`int`): resamples of the generated features for the FID's own noise.
+        noise_batches (`int`): minibatches of the loss-estimate noise of the L_vlb runs (uniform vs importance t).
         model_flags (`tuple[str, ...]`): UNet flags of train.py (empty: its default UNet).
     """
 
@@ -66,6 +68,7 @@ class Profile:
     sweep_samples: int
     full_bpd: bool = False
     bootstrap: int = 100
+    noise_batches: int = 64
     model_flags: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import measurement_name, read_or_none, run_folder
-from .profiles import Profile
+from .profiles import VLB_OBJECTIVES, Profile
 
 logger = logging.getLogger("benchmarks.study")
 RUN_RECORD = "run.json"
@@ -94,7 +94,7 @@ def ensure_trained(spec: RunSpec) -> dict:
     if not spec.keep_checkpoints:
         for checkpoint in list_checkpoints(model_dir):
             remove_path(checkpoint)
-    history = read_or_none(model_dir / "objective.json") or {}
+    saved = read_or_none(model_dir / "objective.json") or {}
     record = {
         "name": spec.name,
         "seed": spec.seed,
@@ -102,14 +102,26 @@ def ensure_trained(spec: RunSpec) -> dict:
         "steps": profile.steps,
         "train_seconds": seconds,  # this session's training only (0 when found complete)
         "trained_steps": trained_steps,
-        "seconds_per_step": seconds / trained_steps if trained_steps else None,
+        "seconds_per_step": _median_step_seconds(model_dir / "loss_history.json", profile.batch_size),
         "resumed_from": resumed_from,
         "ema_steps": ema_steps,
-        "train_steps_saved": history.get("train_steps"),
+        "train_steps_saved": saved.get("train_steps"),
         "threads": _threads(),
     }
     write_json(folder / RUN_RECORD, record)
     return record
+
+
+def _median_step_seconds(history_file: Path, batch_size: int) -> float | None:
+    """The median time of one optimizer step, from train.py's per-step throughput log (``--logging_steps 1``): the
+    loop alone, without start-up and saving."""
+    import json
+
+    try:
+        rates = sorted(h["images_per_s"] for h in json.loads(history_file.read_text()) if h.get("images_per_s"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return batch_size / rates[len(rates) // 2] if rates else None
 
 
 def _threads() -> int:
@@ -150,6 +162,9 @@ def measurements(spec: RunSpec) -> list[tuple[str, int, dict]]:
                 out.append(
                     (measurement_name("fid", step=p.steps, **{sampler: k}, n=p.sweep_samples), p.steps, settings)
                 )
+    if spec.name in VLB_OBJECTIVES:
+        name = measurement_name("isnoise", step=p.steps, b=p.batch_size, m=p.noise_batches)
+        out.append((name, p.steps, {"kind": "isnoise"}))
     if p.full_bpd:
         out.append((measurement_name("fullbpd", step=p.steps, img=len_heldout()), p.steps, {"kind": "fullbpd"}))
     unique: dict[str, tuple[str, int, dict]] = {}
@@ -178,7 +193,15 @@ def measure(spec: RunSpec) -> None:
     """Every measurement of one run that is not cached yet."""
     from ddpm_objectives_hf.training.run_folder import write_json
 
-    from .measure import fast_bpd, full_bound, load_model, load_samples, memorization, sample_and_score
+    from .measure import (
+        fast_bpd,
+        full_bound,
+        load_model,
+        load_samples,
+        loss_estimate_noise,
+        memorization,
+        sample_and_score,
+    )
 
     folder, p = spec.folder, spec.profile
     models: dict[int, tuple] = {}
@@ -210,6 +233,10 @@ def measure(spec: RunSpec) -> None:
                 num_samples=settings["num_samples"], seed=spec.sample_seed, bootstrap=p.bootstrap,
                 samples_file=folder / "samples" / f"{name}.npz",
             )  # fmt: skip
+        elif kind == "isnoise":
+            unet, scheduler, _ = model(step)
+            result = loss_estimate_noise(unet, scheduler, ref.train01 * 2 - 1, batch_size=p.batch_size,
+                                         batches=p.noise_batches, seed=spec.seed)  # fmt: skip
         else:  # memorization, on the samples of the final FID
             source = name.replace("mem-", "fid-", 1)
             result = memorization(load_samples(folder / "samples" / f"{source}.npz"), ref)
