@@ -918,7 +918,7 @@ def _save_everything(
     import functools
 
     from ddpm_objectives_hf.training.model_card import write_model_card
-    from ddpm_objectives_hf.training.pipelines import needs_plugin_scheduler, objective_config, save_pipeline
+    from ddpm_objectives_hf.training.pipelines import needs_remote_code, objective_config, save_pipeline
     from ddpm_objectives_hf.training.plots import plot_loss_curve, plot_weighting
 
     unet.eval()
@@ -984,7 +984,11 @@ def _save_everything(
             "mixed_precision": run.mixed_precision or "no",
             **conditioning,
         },
-        plugin_scheduler=needs_plugin_scheduler(scheduler),
+        remote_code=needs_remote_code(scheduler, classes.num_classes if classes else None),
+        num_classes=classes.num_classes if classes else None,
+        guidance_scale=(1.0 if run.guidance_scale is None else run.guidance_scale)
+        if classes and classes.null_class_label is not None
+        else None,
     )
     write_card(output_dir, repo_id=run.hub_model_id if run.push_to_hub else None)  # None: the folder's name
     return write_card

@@ -132,6 +132,12 @@ def no_image_column(env: Env) -> tuple[list[str], Path]:
     return ["--dataset_name", str(folder)], folder
 
 
+def labels_of(env: Env, labels: list, *flags: str) -> tuple[list[str], Path]:
+    """Saved images with a ``label`` column of ``labels`` (plain values, no ClassLabel), trained class-conditionally."""
+    folder = _saved_images(env, label=labels)
+    return ["--dataset_name", str(folder), "--class_conditional", *flags], folder
+
+
 def _with(made: tuple[list[str], Path], *flags: str) -> tuple[list[str], Path]:
     return [*made[0], *flags], made[1]
 
@@ -283,6 +289,40 @@ CASES = [
     C("workers-negative", ["--dataloader_num_workers", "-1"], "--dataloader_num_workers"),
     C("snr-gamma-zero", ["--loss_weighting", "min_snr", "--snr_gamma", "0"], "--snr_gamma"),
     C("polynomial-lr-below-end", ["--lr_scheduler", "polynomial", "--learning_rate", "1e-8"], "--lr_scheduler"),
+    # ---- class conditioning
+    C("label-column-needs-class-conditional", ["--label_column", "label"], "--label_column", "--class_conditional"),
+    C("condition-dropout-needs-class-conditional", ["--condition_dropout", "0.2"], "--condition_dropout"),
+    C("condition-dropout-one", ["--class_conditional", "--condition_dropout", "1"], "--condition_dropout", "[0, 1)"),
+    C("guidance-on-unconditional", ["--guidance_scale", "3"], "--guidance_scale", "unconditional"),
+    C(
+        "guidance-without-null-class",
+        ["--class_conditional", "--condition_dropout", "0", "--guidance_scale", "3"],
+        "--guidance_scale",
+        "--condition_dropout",
+    ),
+    C("guidance-negative", ["--class_conditional", "--guidance_scale", "-1"], "--guidance_scale"),
+    C("label-column-absent", ["--class_conditional", "--label_column", "nope"], "--label_column", "nope", stage="run"),
+    C(
+        "labels-not-integers",
+        lambda env: labels_of(env, ["cat"] * 20, "--label_column", "label"),
+        "--label_column",
+        "string",
+        stage="run",
+    ),
+    C(
+        "labels-negative",
+        lambda env: labels_of(env, [-1] * 20, "--label_column", "label"),
+        "--label_column",
+        "-1",
+        stage="run",
+    ),
+    C(
+        "no-class-label-feature",
+        lambda env: labels_of(env, list(range(20))),
+        "--label_column",
+        "ClassLabel",
+        stage="run",
+    ),
     # ---- the Hub, checked before training when pushing
     C(
         "push-hub-unreachable",
@@ -364,6 +404,9 @@ CASES = [
     E("eval-device-absent", ["--device", "cuda"], "--device", "cuda", marks=(NO_CUDA,)),
     E("eval-device-unknown", ["--device", "foo"], "--device", "'foo'"),
     E("eval-config-bad-value", config_file("eval.yaml", "model_dir: OUT\nbatch_size: -4\n"), "{path}", "--batch_size"),
+    E("eval-guidance-on-unconditional", ["--guidance_scales", "2"], "--guidance_scales", "unconditional"),
+    E("eval-label-column-on-unconditional", ["--label_column", "label"], "--label_column", "unconditional"),
+    E("eval-guidance-negative", ["--guidance_scales", "1", "-1"], "--guidance_scales"),
     E("eval-not-a-pipeline", lambda env: ([str(env.tmp)], env.tmp), "MODEL_DIR", stage="run"),
     E("eval-png-truncated", lambda env: _with(truncated_png(env), "--split", "train"), "{path}", stage="run"),
 ]

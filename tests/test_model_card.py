@@ -423,7 +423,7 @@ def test_no_card_no_change(tmp_path):
 # ---------------------------------------------------------------------------------------------------- packaging
 def imported_packages(folders: list[Path]) -> dict[str, str]:
     """Top-level module → a file importing it, over every absolute import in `folders`, less the stdlib."""
-    local = {p.stem for folder in folders for p in folder.iterdir()} | {"ddpm_objectives_hf", "scripts"}
+    local = {p.stem for folder in folders for p in folder.iterdir()} | {"ddpm_objectives_hf", "scripts", "benchmarks"}
     found: dict[str, str] = {}
     for folder in folders:
         for path in folder.rglob("*.py"):

@@ -32,7 +32,7 @@ from ddpm_objectives_hf.training.pipelines import load_for_evaluation, save_pipe
 from ddpm_objectives_hf.weighting import WEIGHTINGS, WeightingFn
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRA = {"timestep_sampler", "dataset", "train_steps", "plugin_scheduler"}  # objective.json's run information
+EXTRA = {"timestep_sampler", "dataset", "train_steps"}  # objective.json's run information
 
 # The objective flags of scripts/train.py and their defaults before they were derived from the signature.
 TODAY = {
@@ -293,12 +293,13 @@ def test_beta_range_is_not_checked_where_the_schedule_ignores_it():
 
 
 @pytest.mark.parametrize("prediction_type", typing.get_args(PredictionType))
-def test_plugin_scheduler_exactly_where_diffusers_lacks_the_value(prediction_type: str):
-    from ddpm_objectives_hf.training.pipelines import needs_plugin_scheduler
+def test_remote_pipeline_exactly_where_diffusers_lacks_the_value(prediction_type: str):
+    from ddpm_objectives_hf.training.pipelines import needs_remote_code, saved_objective
 
     diffusers_targets = typing.get_args(typing.get_type_hints(DDPMScheduler.__init__)["prediction_type"])
     scheduler = DDPMObjectiveScheduler(num_train_timesteps=20, prediction_type=prediction_type)
-    assert needs_plugin_scheduler(scheduler) is (prediction_type not in diffusers_targets)
+    assert needs_remote_code(scheduler) is (prediction_type not in diffusers_targets)
+    assert ("prediction_type" in saved_objective(scheduler)) is (prediction_type not in diffusers_targets)
 
 
 def test_choice_descriptions_cover_exactly_the_signature_choices():

@@ -368,13 +368,15 @@ def write_model_card(
     model_id = repo_id or folder_name or output_dir.resolve().name
 
     tags = objective_tags(objective_plain)
+    if num_classes:  # not an unconditional model: the Hub has no class-conditional task, so no pipeline_tag
+        tags = [tag for tag in tags if tag != TASK_TYPE] + ["class-conditional-image-generation"]
     if remote_code:
         tags.append("custom_code")
     card_data = ModelCardData(
         library_name="diffusers",
         license=license,
         tags=tags,
-        pipeline_tag=TASK_TYPE,
+        pipeline_tag=None if num_classes else TASK_TYPE,
         datasets=[dataset_name] if dataset_name and _is_hub_dataset_id(dataset_name) else None,
         model_name=model_id,
         ddpm_objective=objective_plain,
@@ -432,9 +434,12 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
     }
     z = NormalDist().inv_cdf(0.975)
     results = []
+    conditional = "conditioning" in report  # bits/dim of −log p(x | y), and −log p(x) through the null class
+    given = " of −log p(x | y)" if conditional else ""
     for key, config, name in (
-        ("bpd_full", "full", "bits/dim (full variational bound)"),
-        ("bpd_fast", "fast", "bits/dim (fast estimate)"),
+        ("bpd_full", "full", f"bits/dim (full variational bound{given})"),
+        ("bpd_fast", "fast", f"bits/dim (fast estimate{given})"),
+        ("bpd_fast_unconditional", "fast, unconditional", "bits/dim (fast estimate of −log p(x), null class)"),
     ):
         if key not in report:
             continue
@@ -458,7 +463,9 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
                 **common,
             )
         )
-    if "fid" in report:
+    if "guidance_sweep" in report:
+        results.extend(_guidance_results(_plain(report["guidance_sweep"]), _plain(report.get("fid") or {}), common))
+    elif "fid" in report:
         fid, sampling = _plain(report["fid"]), _plain(report.get("sampling") or {})
         args = {
             "feature_network": fid.get("feature"),
@@ -477,6 +484,39 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
                 **common,
             )
         )
+    return results
+
+
+def _guidance_results(sweep: Mapping[str, Any], fid: Mapping[str, Any], common: Mapping[str, Any]) -> list[EvalResult]:
+    """FID and the digits classifier's accuracy on the requested class at each guidance scale of a class-conditional
+    model (``metric_config`` names the scale, so each is its own measurement)."""
+    results = []
+    sampling = {k: sweep.get(k) for k in ("sampler", "num_inference_steps", "num_samples")}
+    for row in sweep.get("scales") or []:
+        scale = row["guidance_scale"]
+        args = {"guidance_scale": scale, **{k: v for k, v in sampling.items() if v is not None}}
+        if row.get("fid") is not None:
+            results.append(
+                EvalResult(
+                    metric_type="fid",
+                    metric_name=f"FID (guidance scale {_fmt(scale)})",
+                    metric_config=f"{fid.get('feature', 'unknown')}, guidance {_fmt(scale)}",
+                    metric_value=row["fid"],
+                    metric_args={"feature_network": fid.get("feature"), **args},
+                    **common,
+                )
+            )
+        if row.get("accuracy") is not None:
+            results.append(
+                EvalResult(
+                    metric_type="accuracy",
+                    metric_name=f"digits classifier accuracy on the requested class (guidance scale {_fmt(scale)})",
+                    metric_config=f"digits classifier, guidance {_fmt(scale)}",
+                    metric_value=row["accuracy"],
+                    metric_args=args,
+                    **common,
+                )
+            )
     return results
 
 
