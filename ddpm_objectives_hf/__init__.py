@@ -5,6 +5,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  
 from .elbo import call_model, slice_model_kwargs, variational_bound
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl
 from .losses import DiffusionLossMixin, DiffusionLossOutput, diffusion_loss
+from .pipeline_ddpm_objective import DDPMObjectivePipeline
 from .scheduling_ddpm_objective import DDPMObjectiveScheduler
 from .timestep_sampling import (
     ImportanceSampler,
@@ -16,6 +17,7 @@ from .timestep_sampling import (
 from .weighting import WEIGHTINGS, register_weighting
 
 __all__ = [
+    "DDPMObjectivePipeline",
     "DDPMObjectiveScheduler",
     "DiffusionLossMixin",
     "DiffusionLossOutput",
