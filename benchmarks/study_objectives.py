@@ -13,16 +13,20 @@ of its training flags; every measurement is a JSON file in it. Interrupting and 
 and measurements are read back, an unfinished training run resumes from its last checkpoint, and a changed profile
 reruns only the runs and measurements whose settings changed.
 
-Profiles (``benchmarks/study/profiles.py``; costs measured with the smoke run, see ``--dry_run``):
+Profiles (``benchmarks/study/profiles.py``):
 
-* ``--quick``: eps-simple and eps-hybrid, seeds 0 1, 100 steps, curves at 25/50/75/100, 64 samples per FID with
-  20 DDPM steps, a 5/10/20-step sweep. A smoke test of every part, not a result.
-* default (CPU): all 9 objectives × seeds 0 1 2, 400 steps of batch 64, curves at 50/100/200/300/400 for
-  eps-simple, v-simple, eps-min_snr5 and eps-hybrid, 256 samples per FID with 50 respaced DDPM steps, bits/dim
-  on all 360 held-out digits, the sweep at 10/25/50/100/250 steps (DDPM and DDIM) with 256 samples.
+* ``--quick``: eps-simple and eps-hybrid × seeds 0 1, 100 steps, curves at 25/50/75/100, 64 samples per FID with
+  20 DDPM steps, a 5/10/20-step sweep. A smoke test of every part, not a result: 6.8 min on the shared 2-core
+  machine (one job, load ≈ 4–5 from other work), where one training step (batch 64, train.py's default UNet) took
+  0.40 s and 1,000 network image-evaluations (sampling, bits/dim) 3.0 s, one torch thread.
+* default (CPU): all 9 objectives × seeds 0 1 2, 300 steps of batch 64, curves at 25/50/100/200/300 for
+  eps-simple, v-simple, eps-min_snr5 and eps-hybrid, 200 samples per FID with 50 respaced DDPM steps, bits/dim on
+  128 held-out digits, the sweep at 10/25/50/100 steps (DDPM and DDIM, 200 samples), the L_vlb loss noise on 32
+  batches: 8,100 training steps and 1.55 M network evaluations, ≈ 66 min with ``--jobs 2`` at the smoke run's
+  costs (less on two free cores). ``--dry_run`` prints this estimate from the costs measured in the cache.
 * ``--long`` (GPU): all 9 objectives × 5 seeds, 4,000 steps, curves at 250/500/1000/2000/3000/4000 (also for the
-  two L_vlb runs), 2,000 samples per FID with 1,000 DDPM steps, the sweep at 10 … 1,000 steps with 2,000 samples,
-  and the full bound.
+  two L_vlb runs), 2,000 samples per FID with 1,000 DDPM steps, the sweep at 10/25/50/100/250/1000 steps with 2,000
+  samples, and the full bound: 180,000 training steps and ≈ 446 M network evaluations (not timed here: no GPU).
 """
 
 from __future__ import annotations
@@ -44,46 +48,6 @@ from benchmarks.study import profiles as P  # noqa: E402
 # Costs measured with the smoke profile (one torch thread, see the module docstring); --dry_run scales them.
 SECONDS_PER_STEP = 0.25  # one training step, batch 64, default UNet
 SECONDS_PER_1K_EVALUATIONS = 1.0  # 1,000 image-evaluations of the UNet when sampling or estimating bits/dim
-
-
-def estimate(profile: P.Profile, seconds_per_step: float, seconds_per_1k: float) -> dict:
-    """Training steps, network image-evaluations and the seconds they take (one process)."""
-    steps = len(profile.runs()) * profile.steps
-    # bits/dim: K calls per image plus the exact small-t draws (≈ 6 more), plus the 8 × 64 pilot
-    per_bpd = profile.bpd_images * (profile.num_bpd_timesteps + 6) + 8 * 64
-    per_fid = profile.fid_samples * profile.sampling_steps
-    evaluations = 0
-    for name, _ in profile.runs():
-        points = len(profile.curve_points) if name in profile.curve_objectives else 1
-        evaluations += points * (per_bpd + per_fid)
-        if name in profile.sweep_objectives:
-            evaluations += 2 * profile.sweep_samples * sum(profile.sweep_steps)
-        if profile.full_bpd:
-            evaluations += 360 * 1000
-    seconds = steps * seconds_per_step + evaluations / 1000 * seconds_per_1k
-    return {
-        "runs": len(profile.runs()),
-        "training_steps": steps,
-        "network_evaluations": evaluations,
-        "seconds": seconds,
-    }
-
-
-def measured_costs(results: dict) -> tuple[float | None, float | None]:
-    """Median seconds per step and per 1,000 network evaluations in a results dictionary."""
-    steps, evals = [], []
-    for run in results.get("runs", {}).values():
-        for entry in run.get("seeds", {}).values():
-            if entry.get("train", {}).get("seconds_per_step"):
-                steps.append(entry["train"]["seconds_per_step"])
-            for e in entry.get("evals", {}).values():
-                if e.get("kind") in ("fid", "bpd") and e.get("network_evaluations"):
-                    evals.append(1000 * e["seconds"] / e["network_evaluations"])
-
-    def median(xs):
-        return sorted(xs)[len(xs) // 2] if xs else None
-
-    return median(steps), median(evals)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,10 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.study import page as page_module
     from benchmarks.study import runner
 
-    plan = estimate(profile, SECONDS_PER_STEP, SECONDS_PER_1K_EVALUATIONS)
-    print(f"profile {profile.name}: {plan['runs']} runs, {plan['training_steps']} training steps, "
-          f"{plan['network_evaluations']:,} network image-evaluations: ≈ {plan['seconds'] / 60 / args.jobs:.0f} min "
-          f"with {args.jobs} job(s) of one free core each (before what the cache already holds)")  # fmt: skip
+    step_cost, eval_cost = runner.measured_costs(args.cache_dir)
+    costs = (step_cost or SECONDS_PER_STEP, eval_cost or SECONDS_PER_1K_EVALUATIONS)
+    plan = runner.plan(profile, *costs, cache_dir=args.cache_dir)
+    total, todo = plan["total"], plan["todo"]
+    print(f"profile {profile.name}: {total['runs']} runs, {total['training_steps']} training steps, "
+          f"{total['network_evaluations']:,} network image-evaluations: ≈ {total['seconds'] / 60 / args.jobs:.0f} min "
+          f"with {args.jobs} job(s); still to do: {todo['training_steps']} steps, {todo['network_evaluations']:,} "
+          f"evaluations, ≈ {todo['seconds'] / 60 / args.jobs:.0f} min (at {costs[0]:.3f} s/step and {costs[1]:.2f} s "
+          f"per 1,000 evaluations{', measured in the cache' if step_cost else ', assumed'})")  # fmt: skip
     if args.dry_run:
         return 0
     start = time.perf_counter()
@@ -153,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     page_module.write_page(results, out, page, notes)
-    step_cost, eval_cost = measured_costs(results)
-    print(f"wrote {page} and {out / 'results.json'}; measured {step_cost} s/step, {eval_cost} s per 1k evaluations")
+    print(f"wrote {page} and {out / 'results.json'}")
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -66,6 +66,13 @@ def _band(ax, xs, per_seed: Mapping[str, tuple[list, list]], label: str, style: 
     return True
 
 
+def _log_ticks(ax, ticks) -> None:
+    """A log x axis labelled at ``ticks`` with plain integers."""
+    ax.set_xscale("log")
+    ax.set_xticks(list(ticks), [str(t) for t in ticks])
+    ax.minorticks_off()
+
+
 def plot_finals(results: Mapping, path: Path, metric: str) -> Path | None:
     plt = _plt()
     objectives = _objectives(results)
@@ -104,7 +111,7 @@ def plot_curves(results: Mapping, path: Path) -> Path | None:
         plt.close(fig)
         return None
     for ax, label in zip(axes, ("FID (digits features)", "bits/dim (fast estimate)")):
-        ax.set_xscale("log")
+        _log_ticks(ax, results["profile"]["curve_points"])
         ax.set_xlabel("training step (EMA weights)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
@@ -132,7 +139,7 @@ def plot_sweep(results: Mapping, path: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xscale("log")
+    _log_ticks(ax, p["sweep_steps"])
     ax.set_xlabel("sampling steps")
     ax.set_ylabel("FID (digits features)")
     ax.set_title("FID vs sampling steps: mean, 95% t-band over seeds")
@@ -285,7 +292,8 @@ def write_page(results: Mapping, fig_dir: Path, page: Path, notes: Mapping | Non
         "",
     ]
     if notes.get("elapsed_s") is not None:
-        lines += [f"This run took {notes['elapsed_s'] / 60:.1f} min ({notes.get('jobs', 1)} job(s), "
+        lines += [f"The last session took {notes['elapsed_s'] / 60:.1f} min, reusing what the run cache held "
+                  f"({notes.get('jobs', 1)} job(s), "
                   f"{notes.get('threads', 1)} thread(s) each, {notes.get('device', 'cpu')}).", ""]  # fmt: skip
     missing = [f"{o} seed {s}" for o in p["objectives"] for s in p["seeds"]
                if str(s) not in results.get("runs", {}).get(o, {}).get("seeds", {})]  # fmt: skip
@@ -421,13 +429,15 @@ def write_page(results: Mapping, fig_dir: Path, page: Path, notes: Mapping | Non
 
 def cost_lines(results: Mapping) -> list[str]:
     """Measured seconds per training step and per 1,000 image-evaluations of the network (sampling, bits/dim)."""
-    step_times, per_eval = [], []
+    step_times, per_eval, train_total, eval_total = [], [], 0.0, 0.0
     for run in results.get("runs", {}).values():
         for entry in run.get("seeds", {}).values():
             sps = entry.get("train", {}).get("seconds_per_step")
             if sps:
                 step_times.append(sps)
+            train_total += entry.get("train", {}).get("train_seconds") or 0.0
             for e in entry.get("evals", {}).values():
+                eval_total += e.get("seconds") or 0.0
                 if e.get("network_evaluations") and e.get("seconds") and e.get("kind") in ("fid", "bpd"):
                     per_eval.append(1000 * e["seconds"] / e["network_evaluations"])
     if not step_times and not per_eval:
@@ -438,9 +448,11 @@ def cost_lines(results: Mapping) -> list[str]:
         return xs[len(xs) // 2] if xs else None
 
     return [
-        f"Median over runs of this session: {fmt(median(step_times), 3)} s per training step (batch "
+        f"Median over the runs: {fmt(median(step_times), 3)} s per training step (batch "
         f"{results['profile']['batch_size']}; {len(step_times)} runs timed), {fmt(median(per_eval), 3)} s per 1,000 "
-        f"image-evaluations of the network when sampling or estimating bits/dim ({len(per_eval)} measurements)."
+        f"image-evaluations of the network when sampling or estimating bits/dim ({len(per_eval)} measurements). "
+        f"Compute recorded in the run cache for these results: {train_total / 60:.1f} min of training and "
+        f"{eval_total / 60:.1f} min of measurements (summed over runs; each run in one process)."
     ]
 
 
@@ -455,7 +467,8 @@ def discussion(all_claims: list[dict], mem_checks: list[dict]) -> list[str]:
             out.append(f"- **{c['source']}** — {c['statement']}: not run in this profile.")
             continue
         text = f"- **{c['source']}** — {c['statement']}: **{c['verdict']}** ({fmt_interval(est)} {c['unit']}"
-        text += f", {est.get('n', 0)} seeds)."
+        n = est.get("n", 0)
+        text += f", {n} seed{'' if n == 1 else 's'})."
         if c.get("fid_noise") is not None and math.isfinite(est.get("mean", math.nan)):
             relation = "smaller" if c["fid_noise"] < abs(est["mean"]) else "not smaller"
             text += f" The FIDs' own noise ({fmt(c['fid_noise'], 2)}) is {relation} than the difference."

@@ -287,6 +287,64 @@ def run_all(specs: list[RunSpec], jobs: int = 1, threads: int = 1) -> list[str]:
     return failures
 
 
+# ---------------------------------------------------------------------------------------------------- planning
+def network_evaluations(profile: Profile, settings: dict) -> int:
+    """Image-evaluations of the UNet one measurement costs (the bits/dim estimate: K calls per image plus about 6
+    for the averaged exact small-t draws, and the 8-image pilot on a 64-point grid)."""
+    kind = settings["kind"]
+    if kind == "bpd":
+        return profile.bpd_images * (profile.num_bpd_timesteps + 6) + 8 * 64
+    if kind == "fid":
+        return settings["num_samples"] * settings["num_steps"]
+    if kind == "fullbpd":
+        return len_heldout() * 1000
+    if kind == "isnoise":
+        return 10 * 1000 + 2 * profile.noise_batches * profile.batch_size
+    return 0
+
+
+def plan(profile: Profile, seconds_per_step: float, seconds_per_1k: float, cache_dir: str | None = None) -> dict:
+    """What ``profile`` costs: training steps and network evaluations, in all and still to do given the cache, and
+    the seconds they take for one process at the given costs."""
+    total = {"runs": 0, "training_steps": 0, "network_evaluations": 0}
+    todo = dict(total)
+    for name, seed in profile.runs():
+        spec = RunSpec(name, seed, profile, cache_dir or "/nonexistent")
+        trained = cache_dir is not None and (spec.folder / RUN_RECORD).is_file()
+        for bucket, skip in ((total, False), (todo, trained)):
+            bucket["runs"] += 1
+            bucket["training_steps"] += 0 if skip else profile.steps
+        for measurement, _, settings in measurements(spec):
+            cost = network_evaluations(profile, settings)
+            total["network_evaluations"] += cost
+            done = cache_dir is not None and (spec.folder / "evals" / f"{measurement}.json").is_file()
+            todo["network_evaluations"] += 0 if done else cost
+    for bucket in (total, todo):
+        bucket["seconds"] = (
+            bucket["training_steps"] * seconds_per_step + bucket["network_evaluations"] / 1000 * seconds_per_1k
+        )
+    return {"total": total, "todo": todo}
+
+
+def measured_costs(cache_dir: str) -> tuple[float | None, float | None]:
+    """Median seconds per training step and per 1,000 network evaluations over every run and measurement in the
+    cache (``None`` where there is none)."""
+    steps, per_1k = [], []
+    for record_file in Path(cache_dir).glob(f"*/{RUN_RECORD}"):
+        record = read_or_none(record_file) or {}
+        if record.get("seconds_per_step"):
+            steps.append(record["seconds_per_step"])
+        for eval_file in record_file.parent.glob("evals/*.json"):
+            e = read_or_none(eval_file) or {}
+            if e.get("network_evaluations") and e.get("seconds"):
+                per_1k.append(1000 * e["seconds"] / e["network_evaluations"])
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2] if xs else None
+
+    return median(steps), median(per_1k)
+
+
 # ---------------------------------------------------------------------------------------------------- collecting
 def collect(profile: Profile, cache_dir: str, device: str = "cpu") -> dict:
     """Everything measured so far for ``profile``'s runs, per objective and seed (missing entries are absent)."""
