@@ -266,7 +266,8 @@ def _fake_results(objectives=("eps-simple", "eps-kl", "eps-kl-uniform", "eps-hyb
                         uniform={"std": 1.0, "mean": 3.0}, importance={"std": ratio, "mean": 3.0}, std_ratio=ratio
                     )
                 else:
-                    mem = {"nn_train_median": 1.0, "heldout_nn_train_median": 1.1, "closer_to_train": 0.5 + rng.gauss(0, 0.02),
+                    mem = {"nn_train_median": 1.0, "heldout_nn_train_median": 1.1,
+                           "closer_to_train": 0.5 + rng.gauss(0, 0.02),
                            "closer_to_train_fresh": 0.5, "nn_train_quantiles": [0.5, 0.8, 1.0, 1.2, 1.5],
                            "heldout_nn_train_quantiles": [0.6, 0.9, 1.1, 1.3, 1.6]}  # fmt: skip
                     pairs = [{"distance": 0.1, "sample": [0.5] * 64, "train": [0.4] * 64, "train_index": 0}]

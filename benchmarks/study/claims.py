@@ -139,9 +139,10 @@ def _difference_claim(cid, source, statement, a, b, sign, unit, noise=None) -> d
         "verdict": stats.verdict(diff, sign),
         "expected_sign": sign,
     }
-    if noise is not None:
-        values = sorted(v for v in noise if v is not None and math.isfinite(v))
-        claim["fid_noise"] = values[len(values) // 2] if values else None  # median bootstrap std of the FIDs
+    if noise is not None:  # the FID noise of the difference: √(σ_a² + σ_b²) per seed (bootstrap σ), its median
+        noise_a, noise_b = noise
+        values = sorted(math.hypot(noise_a[s], noise_b[s]) for s in diff["seeds"] if s in noise_a and s in noise_b)
+        claim["fid_noise"] = values[len(values) // 2] if values else None
     return claim
 
 
@@ -149,7 +150,7 @@ def claims(results: Mapping) -> list[dict]:
     """Every claim with its estimate (a paired t-interval over seeds) and verdict."""
     p = results["profile"]
     out = []
-    noise = lambda *objs: [v for o in objs for v in fid_noise(results, o).values()]  # noqa: E731
+    noise = lambda a, b, step=None: (fid_noise(results, a, step), fid_noise(results, b, step))  # noqa: E731
 
     out.append(
         _difference_claim(
@@ -210,7 +211,7 @@ def claims(results: Mapping) -> list[dict]:
                 sweep_fid(results, "eps-simple", "ddpm", k),
                 -1,
                 "FID",
-                [*_sweep_noise(results, "eps-hybrid", k), *_sweep_noise(results, "eps-simple", k)],
+                (_sweep_noise(results, "eps-hybrid", k), _sweep_noise(results, "eps-simple", k)),
             )
         )
     if len(sweep_steps) >= 2:
@@ -266,22 +267,20 @@ def claims(results: Mapping) -> list[dict]:
             final_fid(results, "eps-simple", points[0]),
             -1,
             "FID",
-            [
-                *fid_noise(results, "eps-min_snr5", points[0]).values(),
-                *fid_noise(results, "eps-simple", points[0]).values(),
-            ],
+            noise("eps-min_snr5", "eps-simple", points[0]),
         )
     )
     return out  # fmt: skip
 
 
-def _sweep_noise(results: Mapping, objective: str, k: int) -> list[float]:
+def _sweep_noise(results: Mapping, objective: str, k: int) -> dict[str, float]:
+    """seed -> bootstrap standard deviation of the sweep's DDPM FID at ``k`` steps."""
     p = results["profile"]
-    out = []
-    for entries in _evals(results, objective).values():
+    out = {}
+    for seed, entries in _evals(results, objective).items():
         e = _pick(entries, kind="fid", step=p["steps"], sampler="ddpm", num_steps=k, num_samples=p["sweep_samples"])
         if e is not None:
-            out.append(e["fid_bootstrap"]["std"])
+            out[seed] = e["fid_bootstrap"]["std"]
     return out
 
 

@@ -337,6 +337,9 @@ def loss_estimate_noise(
 
 
 # ---------------------------------------------------------------------------------------------------- memorization
+QUANTILES = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+
+
 def nearest(queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance from each query row to its nearest key row, and that key's index."""
     distances = torch.cdist(queries.double().flatten(1), keys.double().flatten(1))
@@ -374,8 +377,8 @@ def memorization(samples01: torch.Tensor, reference: Reference, num_pairs: int =
             "nn_train_median": float(d_train.median()),
             "heldout_nn_train_median": float(d_held_to_train.median()),
             "nn_ratio": float(d_train.median() / d_held_to_train.median()),
-            "nn_train_quantiles": [float(q) for q in torch.quantile(d_train, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64))],
-            "heldout_nn_train_quantiles": [float(q) for q in torch.quantile(d_held_to_train, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64))],
+            "nn_train_quantiles": torch.quantile(d_train, QUANTILES).tolist(),
+            "heldout_nn_train_quantiles": torch.quantile(d_held_to_train, QUANTILES).tolist(),
             "closer_to_train": float((d_subset < d_heldout).double().mean()),
             "closer_to_train_fresh": float((f_subset < f_heldout).double().mean()),
         }  # fmt: skip

@@ -320,7 +320,8 @@ def write_page(results: Mapping, fig_dir: Path, page: Path, notes: Mapping | Non
             bpd_text += f"; full {fmt_interval(full)}"
         lines.append(
             f"| {o} | `{' '.join(results['runs'][o].get('flags', []))}` | {len(seeds)} | {bpd_text} | "
-            f"{fmt_interval(fid, 2)} | {fmt(noise['mean'], 2)} | {fmt_interval(confidence)} | {fmt(speed['mean'], 2)} |"
+            f"{fmt_interval(fid, 2)} | {fmt(noise['mean'], 2)} | {fmt_interval(confidence)} | "
+            f"{fmt(speed['mean'], 2)} |"
         )
     lines += ["", *image("final_bpd", "bits/dim"), *image("final_fid", "FID")]
 
@@ -328,13 +329,16 @@ def write_page(results: Mapping, fig_dir: Path, page: Path, notes: Mapping | Non
     lines += ["## The papers' claims", "",
               "Each claim is an ordering; it **holds** when the 95% interval of the paired difference is entirely on "
               "the claimed side of 0, **does not hold** when it is entirely on the other side, and is **not resolved "
-              "at this size** otherwise. For FID claims, \"FID noise\" is the median bootstrap standard deviation of "
-              "the FIDs involved: a difference below it is within the FID's own sampling noise.", "",
-              "| source | claim | estimate [95% CI] | seeds | FID noise | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+              "at this size** otherwise. For FID claims, \"FID noise\" is the FIDs' own sampling noise in the "
+              "difference, √(σ_a² + σ_b²) with σ the bootstrap standard deviation of each FID (median over seeds): a "
+              "difference below it is within that noise.", "",
+              "| source | claim | estimate [95% CI] | seeds | FID noise | verdict |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for c in all_claims:
         est = c["estimate"]
         lines.append(
-            f"| [{c['source']}]({c['url']}) | {c['statement']} | {fmt_interval(est)} {c['unit']} | {est.get('n', 0)} | "
+            f"| [{c['source']}]({c['url']}) | {c['statement']} | {fmt_interval(est)} {c['unit']} | "
+            f"{est.get('n', 0)} | "
             f"{fmt(c.get('fid_noise'), 2) if 'fid_noise' in c and est.get('n') else ''} | **{c['verdict']}** |"
         )
     lines.append("")
@@ -400,9 +404,9 @@ def write_page(results: Mapping, fig_dir: Path, page: Path, notes: Mapping | Non
 
     # memorization
     lines += ["## Memorization", "",
-              "Distances to the nearest training digit of the final FID's samples, beside those of the held-out digits "
-              "(pixel space in [0, 1], and the classifier's feature space). \"Closer to train\" is the fraction of "
-              "samples nearer to a random training subset of 360 digits than to any of the 360 held-out digits: ½ "
+              "Distances to the nearest training digit of the final FID's samples, beside those of the held-out "
+              "digits (pixel space in [0, 1], and the classifier's feature space). \"Closer to train\" is the "
+              "fraction of samples nearer to a random training subset of 360 digits than to any of the 360 held-out digits: ½ "
               "for samples that copy nothing; \"fresh\" is the same fraction for other training digits (the "
               "finite-sample reference). A positive difference would be a sign of copying.", "",
               *image("memorization", "nearest-neighbour distances"), *image("pairs", "closest pairs"),
@@ -476,8 +480,8 @@ def discussion(all_claims: list[dict], mem_checks: list[dict]) -> list[str]:
             text += f" {len(est['not_reached'])} seed(s) did not reach the target within training."
         out.append(text)
     tested = sum(v for k, v in counts.items() if k != stats.NO_DATA)
-    out += ["", f"Of {tested} claims with data: {counts.get(stats.HOLDS, 0)} hold, {counts.get(stats.FAILS, 0)} do not "
-            f"hold, {counts.get(stats.UNRESOLVED, 0)} are not resolved at this size."]  # fmt: skip
+    out += ["", f"Of {tested} claims with data: {counts.get(stats.HOLDS, 0)} hold, {counts.get(stats.FAILS, 0)} "
+            f"do not hold, {counts.get(stats.UNRESOLVED, 0)} are not resolved at this size."]  # fmt: skip
     copying = [f"{m['objective']} ({m['space']})" for m in mem_checks if m["verdict"] == stats.HOLDS]
     clear = [m for m in mem_checks if m["verdict"] == stats.FAILS]
     if mem_checks:

@@ -63,6 +63,7 @@ def ensure_trained(spec: RunSpec) -> dict:
     profile = spec.profile
     trained_steps, seconds, resumed_from = 0, 0.0, None
     if _final_steps(model_dir) != profile.steps:
+        from ddpm_objectives_hf.cli import EXIT_INTERRUPTED
         from scripts import train
 
         argv = ["--output_dir", str(model_dir), *spec.flags]
@@ -76,7 +77,10 @@ def ensure_trained(spec: RunSpec) -> dict:
         logger.info("training %s seed %d -> %s%s", spec.name, spec.seed, model_dir,
                     f" (resuming at step {resumed_from})" if resumed_from else "")  # fmt: skip
         start = time.perf_counter()
-        if train.main(argv) != 0:
+        code = train.main(argv)
+        if code == EXIT_INTERRUPTED:  # Ctrl-C inside train.py: stop the study (a rerun resumes), not just this run
+            raise KeyboardInterrupt
+        if code != 0:
             raise RuntimeError(f"training {spec.name} seed {spec.seed} failed (flags: {' '.join(argv)})")
         seconds = time.perf_counter() - start
         trained_steps = profile.steps - (resumed_from or 0)
