@@ -71,6 +71,36 @@ def test_measurements_are_unique_and_cover_the_profile():
         assert len(fids) == curve + sweep - shared
 
 
+def test_a_complete_run_is_not_retrained_and_ctrl_c_stops_the_study(tmp_path: Path, monkeypatch):
+    from ddpm_objectives_hf.training.run_folder import write_json
+    from scripts import train
+
+    spec = runner.RunSpec("eps-simple", 0, profiles.QUICK, str(tmp_path))
+    monkeypatch.setattr(train, "main", lambda argv: 130)  # train.py's exit status after Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        runner.ensure_trained(spec)
+    write_json(spec.folder / runner.RUN_RECORD, {"name": "eps-simple", "seed": 0})
+    monkeypatch.setattr(train, "main", lambda argv: pytest.fail("a complete run was trained again"))
+    assert runner.ensure_trained(spec) == {"name": "eps-simple", "seed": 0}
+
+
+def test_plan_counts_only_what_the_cache_lacks(tmp_path: Path):
+    from ddpm_objectives_hf.training.run_folder import write_json
+
+    p = profiles.QUICK
+    before = runner.plan(p, 1.0, 1.0, cache_dir=str(tmp_path))
+    assert before["todo"] == before["total"] and before["total"]["training_steps"] == len(p.runs()) * p.steps
+    spec = runner.RunSpec(p.objectives[0], p.seeds[0], p, str(tmp_path))
+    name, _, settings = runner.measurements(spec)[1]  # the final FID
+    write_json(spec.folder / runner.RUN_RECORD, {})
+    write_json(spec.folder / "evals" / f"{name}.json", {})
+    after = runner.plan(p, 1.0, 1.0, cache_dir=str(tmp_path))["todo"]
+    assert after["training_steps"] == before["total"]["training_steps"] - p.steps
+    cost = runner.network_evaluations(p, settings)
+    assert cost == p.fid_samples * p.sampling_steps
+    assert after["network_evaluations"] == before["total"]["network_evaluations"] - cost
+
+
 # ---------------------------------------------------------------------------------------------------- intervals
 def test_t_interval_by_hand_and_against_scipy():
     s = stats.t_interval([1.0, 2.0, 3.0])
