@@ -16,13 +16,13 @@ reruns only the runs and measurements whose settings changed.
 Profiles (``benchmarks/study/profiles.py``):
 
 * ``--quick``: eps-simple and eps-hybrid × seeds 0 1, 100 steps, curves at 25/50/75/100, 64 samples per FID with
-  20 DDPM steps, a 5/10/20-step sweep. A smoke test of every part, not a result: 6.8 min on the shared 2-core
-  machine (one job, load ≈ 4–5 from other work), where one training step (batch 64, train.py's default UNet) took
-  0.40 s and 1,000 network image-evaluations (sampling, bits/dim) 3.0 s, one torch thread.
+  20 DDPM steps, a 5/10/20-step sweep. A smoke test of every part, not a result: 5.7 min from an empty cache on
+  the shared 2-core machine (one job, other work running), where one training step (batch 64, train.py's default
+  UNet) took 0.42 s and 1,000 network image-evaluations (sampling, bits/dim) 2.5 s, one torch thread.
 * default (CPU): all 9 objectives × seeds 0 1 2, 300 steps of batch 64, curves at 25/50/100/200/300 for
   eps-simple, v-simple, eps-min_snr5 and eps-hybrid, 200 samples per FID with 50 respaced DDPM steps, bits/dim on
   128 held-out digits, the sweep at 10/25/50/100 steps (DDPM and DDIM, 200 samples), the L_vlb loss noise on 32
-  batches: 8,100 training steps and 1.55 M network evaluations, ≈ 66 min with ``--jobs 2`` at the smoke run's
+  batches: 8,100 training steps and 1.55 M network evaluations, ≈ 61 min with ``--jobs 2`` at the smoke run's
   costs (less on two free cores). ``--dry_run`` prints this estimate from the costs measured in the cache.
 * ``--long`` (GPU): all 9 objectives × 5 seeds, 4,000 steps, curves at 250/500/1000/2000/3000/4000 (also for the
   two L_vlb runs), 2,000 samples per FID with 1,000 DDPM steps, the sweep at 10/25/50/100/250/1000 steps with 2,000
@@ -46,8 +46,8 @@ if str(ROOT) not in sys.path:
 from benchmarks.study import profiles as P  # noqa: E402
 
 # Costs measured with the smoke profile (one torch thread, see the module docstring); --dry_run scales them.
-SECONDS_PER_STEP = 0.25  # one training step, batch 64, default UNet
-SECONDS_PER_1K_EVALUATIONS = 1.0  # 1,000 image-evaluations of the UNet when sampling or estimating bits/dim
+SECONDS_PER_STEP = 0.42  # one training step, batch 64, default UNet
+SECONDS_PER_1K_EVALUATIONS = 2.5  # 1,000 image-evaluations of the UNet when sampling or estimating bits/dim
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
