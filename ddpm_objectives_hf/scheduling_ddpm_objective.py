@@ -260,19 +260,34 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         self._tables = t
 
         # Loss weights: ε-units w(t), then the native units of every target (w · c_ε / c_target), exact at SNR = 0.
-        snr_eval = torch.where(snr > 0, snr, torch.full_like(snr, _SNR_FLOOR))
-        log_snr = torch.log(snr_eval)
         T = len(snr)
-        neg_dlogsnr_dt = -torch.from_numpy(np.gradient(log_snr.numpy(), np.arange(1, T + 1) / T)) if T > 1 else log_snr
-        schedule = {"coef1_sq": coef1**2, "model_variance": fixed_logvar.exp(), "neg_dlogsnr_dt": neg_dlogsnr_dt}
         params = {k: self.config[k] for k in self.option_names()}  # a weighting's parameters are options by name
-        w_eps = evaluate_weighting(self.config.loss_weighting, snr_eval, params, schedule).double()
-        w_x0 = w_eps * snr_eval  # the x0-units weight; finite limit where SNR = 0
-        w_x0 = torch.where(snr > 0, w_x0, w_x0.nan_to_num(posinf=0.0))
+
+        def eps_weights(snr_floor: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+            """w_ε(t) with SNR = 0 read as ``snr_floor`` (also in the schedule's −d log SNR / dt)."""
+            snr_eval = torch.where(snr > 0, snr, torch.full_like(snr, snr_floor))
+            log_snr = torch.log(snr_eval)
+            grid = np.arange(1, T + 1) / T
+            neg_dlogsnr_dt = -torch.from_numpy(np.gradient(log_snr.numpy(), grid)) if T > 1 else log_snr
+            schedule = {"coef1_sq": coef1**2, "model_variance": fixed_logvar.exp(), "neg_dlogsnr_dt": neg_dlogsnr_dt}
+            w = evaluate_weighting(self.config.loss_weighting, snr_eval, params, schedule).double()
+            return w, snr_eval, schedule
+
+        # At SNR = 0 a weight is its limit SNR → 0, read off two tiny SNRs: the value where it settles, 0 where it
+        # shrinks, inf where it grows (ε-units: simple and min-SNR settle, the VLB's λ_t, debiased and EDM diverge).
+        w_eps, snr_eval, schedule = eps_weights(_SNR_FLOOR)
+        w_eps_nearer, snr_nearer, _ = eps_weights(_SNR_FLOOR**0.5)
+
+        def limit_at_zero_snr(w: torch.Tensor, w_nearer: torch.Tensor) -> torch.Tensor:
+            settled = torch.isclose(w, w_nearer, rtol=1e-9, atol=0.0)
+            limit = torch.where(w.abs() < w_nearer.abs(), torch.zeros_like(w), torch.full_like(w, math.inf))
+            return torch.where((snr > 0) | settled, w, limit)
+
+        w_x0 = limit_at_zero_snr((w_eps * snr_eval).nan_to_num(posinf=math.inf), w_eps_nearer * snr_nearer)
         # ε-prediction at SNR = 0 carries no x0 information (x_t = ε); like diffusers' min-SNR code, weight it by 1.
         eps_native = torch.where(snr > 0, w_eps, torch.ones_like(w_eps))
         self._weights = {
-            "epsilon_units": torch.where(snr > 0, w_eps, torch.full_like(w_eps, math.inf)),
+            "epsilon_units": limit_at_zero_snr(w_eps, w_eps_nearer),
             "epsilon": eps_native,
             "sample": w_x0,
             "v_prediction": w_x0 / (1.0 + snr),
@@ -436,8 +451,9 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         """The configured weighting at t (float64): ε-units by default, or the native units of ``units``.
 
         In ε-units the loss is ``w · mean‖ε − ε̂‖²``; in the units of target T it is ``w_T · mean‖T − T̂‖²`` with
-        ``w_T = w · c_ε / c_T``. ε-units weights that diverge at SNR = 0 are reported as ``inf`` there; the
-        ε target uses 1 at SNR = 0 (as diffusers' min-SNR code), the other targets the finite limit.
+        ``w_T = w · c_ε / c_T``. At SNR = 0 (zero terminal SNR) the ε-units weight is the weighting's limit SNR → 0,
+        ``inf`` where it diverges; the ε target uses 1 there (as diffusers' min-SNR code), the other targets the
+        finite limit of their native weight.
         """
         return self._lookup(self._weights["epsilon_units" if units is None else units], timesteps)
 

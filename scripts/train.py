@@ -982,6 +982,7 @@ def _save_everything(
             "use_ema": run.use_ema,
             "seed": run.seed,
             "mixed_precision": run.mixed_precision or "no",
+            "num_inference_steps": run.num_inference_steps,  # of the samples, and the card's snippet
             **conditioning,
         },
         remote_code=needs_remote_code(scheduler, classes.num_classes if classes else None),

@@ -1,4 +1,4 @@
-"""Tests for the loss weightings: the reference table's formulas, units conversions, the published code
+"""Tests for the loss weightings: the formulas of the table in docs/objective.md §9, units conversions, the published code
 (diffusers' min-SNR, the Min-SNR paper, P2, k-diffusion), the VLB identity, L_simple, zero terminal SNR and
 user weightings.
 
@@ -25,7 +25,7 @@ PARAMS = {"snr_gamma": 3.0, "p2_k": 0.7, "p2_gamma": 0.5, "sigma_data": 0.6, "si
 
 
 def c_target(ref: dict, target: str) -> np.ndarray:
-    """‖T − T̂‖² = c_T ‖x0 − x̂0‖² (reference table)."""
+    """‖T − T̂‖² = c_T ‖x0 − x̂0‖² (docs/objective.md §7)."""
     return {
         "sample": np.ones_like(ref["snr"]),
         "epsilon": ref["snr"],
@@ -35,7 +35,7 @@ def c_target(ref: dict, target: str) -> np.ndarray:
 
 
 def expected_eps_weight(name: str, ref: dict, variance_type: str = "fixed_small") -> np.ndarray:
-    """The reference table's ε-units weight, written out."""
+    """The ε-units weight of docs/objective.md §9, written out."""
     snr, p = ref["snr"], PARAMS
     if name == "simple":
         return np.ones_like(snr)
@@ -375,3 +375,18 @@ def test_vlb_weight_is_infinite_only_at_zero_snr():
         2 * ref["var_fixed_small"][1:-1] * ref["alphas"][1:-1] * (1 - ref["ac"][1:-1])
     )
     np.testing.assert_allclose(lam[1:-1].numpy(), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name, eps_units, x0_units",
+    [("simple", 1.0, 0.0), ("min_snr", 1.0, 0.0), ("debiased", math.inf, 0.0), ("edm", math.inf, 4.0)],
+)
+def test_weights_at_zero_terminal_snr_are_the_limits(name, eps_units, x0_units):
+    """At SNR = 0 a weight is its limit SNR → 0 (by hand: simple 1 and SNR·1 → 0; min(SNR, γ)/SNR → 1; the debiased
+    1/√SNR → inf and √SNR → 0; EDM's 1 + 1/(σ_data² SNR) → inf and, times SNR, → 1/σ_data² = 4)."""
+    scheduler = DDPMObjectiveScheduler(rescale_betas_zero_snr=True, loss_weighting=name, sigma_data=0.5)
+    last = scheduler.config.num_train_timesteps - 1
+    assert float(scheduler.snr(last)) == 0.0
+    assert float(scheduler.loss_weight(last)) == eps_units
+    assert float(scheduler.loss_weight(last, units="sample")) == pytest.approx(x0_units, rel=1e-12, abs=0)
+    assert float(scheduler.loss_weight(last, units="epsilon")) == 1.0  # as diffusers' min-SNR code
