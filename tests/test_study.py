@@ -233,9 +233,9 @@ def test_memorization_flags_copies_and_not_fresh_draws():
 @pytest.mark.parametrize("out_channels", [1, 2])
 def test_ddpm_sampler_loop_equals_diffusers_pipeline(out_channels):
     from diffusers import DDPMPipeline, DDPMScheduler
+    from tiny import tiny_unet
 
     from benchmarks.study import measure
-    from tests.tiny import tiny_unet
 
     unet = tiny_unet(out_channels).eval()
     variance = "learned_range" if out_channels == 2 else "fixed_small"
@@ -251,9 +251,10 @@ def test_ddpm_sampler_loop_equals_diffusers_pipeline(out_channels):
 
 
 def test_loss_estimate_noise_compares_two_samplers_of_the_same_objective():
+    from tiny import tiny_unet
+
     from benchmarks.study import measure
     from ddpm_objectives_hf import DDPMObjectiveScheduler
-    from tests.tiny import tiny_unet
 
     scheduler = DDPMObjectiveScheduler(loss_type="kl")
     x0 = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
