@@ -249,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", rf"/api/{_REPO}/commit/(?P<rev>.+)", self._commit),
             ("GET", rf"/api/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self._tree),
             ("GET", rf"/api/{_REPO}(?:/revision/(?P<rev>.+))?", self._info),
+            # downloads: /<repo_id>/resolve/<rev>/<file> for models (datasets and spaces have their prefix)
+            ("GET", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            ("HEAD", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
         ]
         for method, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
@@ -398,6 +401,27 @@ class _Handler(BaseHTTPRequestHandler):
                 "tags": [],
             },
         )
+
+    def _resolve(self, repo: str, file: str, **_: Any) -> None:
+        """A file of a model repository at its head, with the headers ``hf_hub_download`` reads (commit, ETag, size)."""
+        if not self._authorized(required=False):
+            return
+        fake = self._repo("models", repo)
+        if fake is None:
+            return
+        data = fake.files.get(file)
+        if data is None:
+            self._error(404, f"{file} not found in {repo}", "EntryNotFound")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{git_blob_sha1(data)}"')
+        self.send_header("X-Repo-Commit", fake.head)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self._record.status = 200
 
     def _tree(self, kind: str, repo: str, sub: str | None = None, query: dict | None = None, **_: Any) -> None:
         if not self._authorized(required=False):

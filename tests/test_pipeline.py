@@ -16,6 +16,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
+from hub_server import FakeHub, hub_server  # noqa: F401
 
 import ddpm_objectives_hf.pipeline_ddpm_objective as pipeline_module
 from ddpm_objectives_hf import DDPMObjectiveScheduler
@@ -274,6 +275,50 @@ def test_every_kind_loads_and_samples_without_the_package(standalone, name):
         images = np.load(work / f"{name}-{swap}.npy")
         assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
         np.testing.assert_allclose(images, expected, atol=1e-6, err_msg=swap)
+
+
+@pytest.mark.parametrize("name", ["cond-null", "mean"])
+def test_a_pushed_model_loads_by_its_hub_id_without_the_package(
+    standalone,
+    saved,
+    hub_server: FakeHub,  # noqa: F811
+    tmp_path,
+    name,
+):
+    """Pushed to a Hub (the test server), the folder loads by its repo id with plain diffusers and
+    ``trust_remote_code=True`` (pipeline.py comes down with the weights) and samples as the local folder does."""
+    from ddpm_objectives_hf.training.hub import push_to_hub
+
+    repo_id = f"{hub_server.user}/ddpm-{name}"
+    push_to_hub(saved[name], repo_id, private=False, token="hf_fake", endpoint=hub_server.endpoint)
+    _, work = standalone
+    job = {"name": name, "folder": repo_id, "remote": True, "steps": STEPS, "kwargs": KINDS[name].call_kwargs()}
+    job["out"] = str(tmp_path / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "DIFFUSERS_DISABLE_REMOTE"))}
+    env.update(
+        HF_ENDPOINT=hub_server.endpoint,  # read when huggingface_hub is imported in the subprocess
+        HF_HUB_OFFLINE="0",
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+        OMP_NUM_THREADS="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", STANDALONE, json.dumps([job])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report[name][0] == "DDPMObjectivePipeline"
+    assert any(
+        r.path.startswith(f"/{repo_id}/resolve/") and r.path.endswith("/pipeline.py") for r in hub_server.requests
+    )
+    for swap in SWAPS:
+        from_hub, from_folder = np.load(tmp_path / f"{name}-{swap}.npy"), np.load(work / f"{name}-{swap}.npy")
+        np.testing.assert_allclose(from_hub, from_folder, atol=1e-6, err_msg=swap)
 
 
 # ---------------------------------------------------------------------------------------------------- the steps
