@@ -231,6 +231,7 @@ def load_images(
 
 def evaluate(args: EvalArguments) -> dict:
     from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
+    from ddpm_objectives_hf.elbo import slice_model_kwargs
     from ddpm_objectives_hf.training.pipelines import load_for_evaluation
 
     device = torch.device(args.device)
@@ -292,7 +293,7 @@ def evaluate(args: EvalArguments) -> dict:
     def fast_bpd(model_kwargs: dict | None) -> dict:
         """The fast estimate (proposal learned on the pilot images) as a report entry."""
         start = time.perf_counter()
-        pilot_kwargs = None if model_kwargs is None else {k: v[pilot] for k, v in model_kwargs.items()}
+        pilot_kwargs = slice_model_kwargs(model_kwargs, pilot, len(images))
         proposal, pilot_evals = learn_proposal(
             unet, scheduler, images[pilot], grid_size=args.pilot_grid, generator=generator, model_kwargs=pilot_kwargs
         )
