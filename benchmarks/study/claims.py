@@ -30,31 +30,28 @@ def _pick(entries: list[dict], **fields) -> dict | None:
     return None
 
 
-def final_fid(results: Mapping, objective: str, step: int | None = None) -> dict[str, float]:
-    """seed -> FID of the profile's FID setting (DDPM with ``sampling_steps``, ``fid_samples`` images) at ``step``
-    (default: the last)."""
+def _final_fids(results: Mapping, objective: str, step: int | None) -> dict[str, dict]:
+    """seed -> the FID measurement of the profile's FID setting (DDPM with ``sampling_steps``, ``fid_samples``
+    images) at ``step`` (default: the last)."""
     p = results["profile"]
     step = p["steps"] if step is None else step
-    out = {}
+    found = {}
     for seed, entries in _evals(results, objective).items():
         e = _pick(entries, kind="fid", step=step, sampler="ddpm", num_steps=p["sampling_steps"],
                   num_samples=p["fid_samples"])  # fmt: skip
         if e is not None:
-            out[seed] = e["fid"]
-    return out
+            found[seed] = e
+    return found
+
+
+def final_fid(results: Mapping, objective: str, step: int | None = None) -> dict[str, float]:
+    """seed -> FID of the profile's FID setting at ``step`` (default: the last)."""
+    return {seed: e["fid"] for seed, e in _final_fids(results, objective, step).items()}
 
 
 def fid_noise(results: Mapping, objective: str, step: int | None = None) -> dict[str, float]:
     """seed -> bootstrap standard deviation of that FID."""
-    p = results["profile"]
-    step = p["steps"] if step is None else step
-    out = {}
-    for seed, entries in _evals(results, objective).items():
-        e = _pick(entries, kind="fid", step=step, sampler="ddpm", num_steps=p["sampling_steps"],
-                  num_samples=p["fid_samples"])  # fmt: skip
-        if e is not None:
-            out[seed] = e["fid_bootstrap"]["std"]
-    return out
+    return {seed: e["fid_bootstrap"]["std"] for seed, e in _final_fids(results, objective, step).items()}
 
 
 def bpd(results: Mapping, objective: str, step: int | None = None, full: bool = False) -> dict[str, float]:
