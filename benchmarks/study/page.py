@@ -46,6 +46,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    """Write a figure as a PNG (110 dpi) and close it."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def _band(ax, xs, per_seed: Mapping[str, tuple[list, list]], label: str, style: str = "-", color=None) -> bool:
     """Mean over seeds with its 95% t-band at each x that any seed has."""
     points = sorted({x for steps, _ in per_seed.values() for x in steps})
@@ -91,10 +100,7 @@ def plot_finals(results: Mapping, path: Path, metric: str) -> Path | None:
     ax.set_xticks(range(len(data)), [o for o, _ in data], rotation=30, ha="right")
     ax.set_ylabel("FID (digits features)" if metric == "fid" else "bits/dim (fast estimate)")
     ax.set_title("mean, 95% t-interval over seeds, and each seed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(results: Mapping, path: Path) -> Path | None:
@@ -116,10 +122,7 @@ def plot_curves(results: Mapping, path: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     axes[0].set_title("mean and 95% t-band over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sweep(results: Mapping, path: Path) -> Path | None:
@@ -144,10 +147,7 @@ def plot_sweep(results: Mapping, path: Path) -> Path | None:
     ax.set_ylabel("FID (digits features)")
     ax.set_title("FID vs sampling steps: mean, 95% t-band over seeds")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_importance(results: Mapping, path: Path) -> Path | None:
@@ -167,10 +167,7 @@ def plot_importance(results: Mapping, path: Path) -> Path | None:
     ax.set_ylabel("per-step L_vlb estimate")
     ax.set_title("uniform vs importance-sampled t")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_memorization(results: Mapping, path: Path) -> Path | None:
@@ -197,10 +194,7 @@ def plot_memorization(results: Mapping, path: Path) -> Path | None:
         ax.set_ylabel(f"distance to nearest training digit ({space})")
         ax.legend(fontsize=7)
     axes[0].set_title("samples: 5/25/50/75/95% (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_closest_pairs(results: Mapping, path: Path) -> Path | None:
@@ -234,9 +228,7 @@ def plot_closest_pairs(results: Mapping, path: Path) -> Path | None:
         axes[2 * r + 1][0].set_ylabel("nearest train", fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle("closest samples to a training digit (top) and that digit (below); pixel distance above", fontsize=8)
     fig.subplots_adjust(left=0.22, right=0.98, top=0.9, bottom=0.02, wspace=0.1, hspace=0.4)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False)
 
 
 # ---------------------------------------------------------------------------------------------------- page
