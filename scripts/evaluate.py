@@ -194,6 +194,7 @@ def load_images(
         InMemoryImageData,
         find_label_column,
         infer_channels,
+        labels_to_tensor,
         load_image_dataset,
     )
 
@@ -222,11 +223,9 @@ def load_images(
                 f"label_column {label_column!r} has {data_classes} classes; the model knows {num_classes}",
                 parameter="label_column",
             )
-    data = InMemoryImageData.from_dataset(
-        dataset, column, resolution, channels, label_column=label_column, num_classes=num_classes
-    )
-    everything = torch.arange(len(data))
-    return data.batch(everything), (data.labels_at(everything) if label_column is not None else None)
+    labels = None if label_column is None else labels_to_tensor(dataset, label_column, num_classes)
+    data = InMemoryImageData.from_dataset(dataset, column, resolution, channels)
+    return data.batch(torch.arange(len(data))), labels
 
 
 def evaluate(args: EvalArguments) -> dict:

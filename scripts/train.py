@@ -441,10 +441,10 @@ class DataStream:
             )
         if data_args.max_train_samples:
             dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
-        self.label_column, self.num_classes = None, None
+        self.label_column, self.num_classes, labels = None, None, None
         if class_conditional:
             self.label_column, self.num_classes = find_label_column(dataset, data_args.label_column)
-            labels_to_tensor(dataset, self.label_column, self.num_classes)  # every label in 0 … K − 1
+            labels = labels_to_tensor(dataset, self.label_column, self.num_classes)  # every label in 0 … K − 1
         self.channels = data_args.channels or infer_channels(dataset, column)
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}", parameter="channels")
@@ -470,8 +470,7 @@ class DataStream:
                 self.channels,
                 device=accelerator.device,
                 num_proc=data_args.preprocessing_num_workers,
-                label_column=self.label_column,
-                num_classes=self.num_classes,
+                labels=labels,
             )
             self.batches_per_epoch = self.num_images // per_step
             self._epoch, self._order = -1, None

@@ -887,13 +887,10 @@ class InMemoryImageData:
         channels: int | None = None,
         device: torch.device | str | None = None,
         num_proc: int | None = None,
-        label_column: str | None = None,
-        num_classes: int | None = None,
+        labels: torch.Tensor | None = None,
     ) -> InMemoryImageData:
-        """[`images_to_tensor`] (and [`labels_to_tensor`] of ``label_column`` with ``num_classes``) on `device`."""
-        images = images_to_tensor(dataset, image_column, resolution, channels, num_proc=num_proc)
-        labels = None if label_column is None else labels_to_tensor(dataset, label_column, num_classes)
-        return cls(images, device, labels=labels)
+        """[`images_to_tensor`] on `device`, with the images' class ``labels`` (from [`labels_to_tensor`]) if given."""
+        return cls(images_to_tensor(dataset, image_column, resolution, channels, num_proc=num_proc), device, labels)
 
     def __len__(self) -> int:
         return self.images.shape[0]
