@@ -345,10 +345,12 @@ def evaluate(args: EvalArguments) -> dict:
         reference = FIDReference((all_images.float() + 1) / 2, args.fid_features, device=device)
     # the classes of the held-out images, in turn: the samples' class mix is that of the FID's reference set
     requested = None if labels is None else labels[torch.arange(args.num_samples) % len(labels)]
-    sweep = []
-    for scale in guidance_scales:
-        entry = _sample_and_score(args, unet, scheduler, objective, reference, requested, scale, out_dir, device)
-        sweep.append(entry)
+    from ddpm_objectives_hf.training.pipelines import sampling_pipeline
+
+    pipeline = sampling_pipeline(unet, scheduler, num_classes=num_classes, null_class_label=null_class_label).to(
+        device
+    )  # the kind the model was saved as
+    sweep = [_sample_and_score(args, pipeline, reference, requested, s, out_dir, device) for s in guidance_scales]
     first = next((e for e in sweep if e["guidance_scale"] in (None, 1.0)), sweep[0])
     report["sampling"] = {k: v for k, v in first.items() if k not in ("fid", "classifier_view")}
     for key in ("fid", "classifier_view"):
@@ -393,18 +395,12 @@ def _elbo_decomposition(scheduler, bpd_full: dict, terms_mean: torch.Tensor, out
 
 
 @torch.no_grad()
-def _sample_and_score(
-    args: EvalArguments, unet, scheduler, objective: dict, reference, requested, scale, out_dir: Path, device
-) -> dict:
-    """``--num_samples`` samples (of the ``requested`` classes at guidance ``scale``, for a class-conditional model),
-    their grid, and their FID and digits-classifier view."""
-    from ddpm_objectives_hf.training.pipelines import sampling_pipeline
+def _sample_and_score(args: EvalArguments, pipeline, reference, requested, scale, out_dir: Path, device) -> dict:
+    """``--num_samples`` samples from ``pipeline`` (of the ``requested`` classes at guidance ``scale``, for a
+    class-conditional model), their grid, and their FID and digits-classifier view."""
     from ddpm_objectives_hf.training.plots import sample_grid
 
     start = time.perf_counter()
-    pipeline = sampling_pipeline(
-        unet, scheduler, num_classes=objective.get("num_classes"), null_class_label=objective.get("null_class_label")
-    ).to(device)
     samples = []
     sample_generator = torch.Generator(device=device).manual_seed(args.seed + 1)
     for first in range(0, args.num_samples, args.batch_size):
@@ -433,7 +429,7 @@ def _sample_and_score(
     }
     if reference is not None:
         entry["fid"] = {"fid": reference(samples01.to(device)), **reference.info}
-        if reference.info["feature"] == "digits" and unet.config.in_channels == 1:
+        if reference.info["feature"] == "digits" and pipeline.unet.config.in_channels == 1:
             from ddpm_objectives_hf.evaluation.features import classifier_view
 
             # the FID's feature network is the digits classifier: loaded once, for both
