@@ -390,37 +390,20 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         """
         from_type = from_type or self.config.prediction_type
         to_type = to_type or self.config.prediction_type
-        check_choice("from_type", from_type, PREDICTION_TYPES)
-        check_choice("to_type", to_type, PREDICTION_TYPES)
-        if from_type == to_type:
+        if from_type == to_type and from_type in PREDICTION_TYPES:
             return prediction
-        x0, eps = self._x0_and_eps(prediction, noisy_samples, timesteps, from_type, original_samples)
-        a = self._table("sqrt_alphas_cumprod", timesteps, noisy_samples)
-        s = self._table("sqrt_one_minus_alphas_cumprod", timesteps, noisy_samples)
-        if to_type == "epsilon":
-            return eps
-        if to_type == "sample":
-            return x0
-        if to_type == "v_prediction":
-            return a * eps - s * x0
-        return self.posterior_mean(x0, noisy_samples, timesteps)
-
-    def _x0_and_eps(self, prediction, noisy_samples, timesteps, from_type, original_samples=None):
         xt = noisy_samples
-        a = self._table("sqrt_alphas_cumprod", timesteps, xt)
-        s = self._table("sqrt_one_minus_alphas_cumprod", timesteps, xt)
-        if from_type == "epsilon":
-            eps = prediction
-            x0 = original_samples if original_samples is not None else (xt - s * eps) / a
-            return x0, eps
-        if from_type == "sample":
-            x0 = prediction
-        elif from_type == "v_prediction":
-            x0 = a * xt - s * prediction
-            return x0, a * prediction + s * xt
-        else:  # mean
-            x0 = (prediction - self._table("coef2", timesteps, xt) * xt) / self._table("coef1", timesteps, xt)
-        return x0, (xt - a * x0) / s
+        return convert_prediction(
+            prediction,
+            xt,
+            a=self._table("sqrt_alphas_cumprod", timesteps, xt),
+            s=self._table("sqrt_one_minus_alphas_cumprod", timesteps, xt),
+            coef1=self._table("coef1", timesteps, xt),
+            coef2=self._table("coef2", timesteps, xt),
+            from_type=from_type,
+            to_type=to_type,
+            original_samples=original_samples,
+        )
 
     def predict_original_sample(self, model_output, noisy_samples, timesteps, prediction_type=None):
         """x̂0 implied by a prediction."""
@@ -698,6 +681,46 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             frac = (predicted_variance.double() + 1) / 2
             return frac * log_beta + (1 - frac) * log_posterior
         return log_posterior
+
+
+def convert_prediction(
+    prediction: torch.Tensor,
+    noisy_samples: torch.Tensor,
+    *,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    coef1: torch.Tensor,
+    coef2: torch.Tensor,
+    from_type: PredictionType,
+    to_type: PredictionType,
+    original_samples: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Convert a prediction of one target into another at the noise level ``a = √ᾱ``, ``s = √(1 − ᾱ)``.
+
+    x_t = a x0 + s ε, v = a ε − s x0 (so ε = a v + s x_t, x0 = a x_t − s v), μ̃ = coef1 x0 + coef2 x_t. The
+    coefficients broadcast against x_t: the scheduler's tables at integer t, or a continuous noise level (the
+    probability-flow ODE). ``original_samples``, when known, is used as x0 directly (exact targets).
+    """
+    check_choice("from_type", from_type, PREDICTION_TYPES)
+    check_choice("to_type", to_type, PREDICTION_TYPES)
+    if from_type == to_type:
+        return prediction
+    xt = noisy_samples
+    if from_type == "epsilon":
+        eps = prediction
+        x0 = original_samples if original_samples is not None else (xt - s * eps) / a
+    elif from_type == "v_prediction":
+        x0, eps = a * xt - s * prediction, a * prediction + s * xt
+    else:
+        x0 = prediction if from_type == "sample" else (prediction - coef2 * xt) / coef1
+        eps = (xt - a * x0) / s
+    if to_type == "epsilon":
+        return eps
+    if to_type == "sample":
+        return x0
+    if to_type == "v_prediction":
+        return a * eps - s * x0
+    return coef1 * x0 + coef2 * xt
 
 
 def _posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: torch.Tensor):

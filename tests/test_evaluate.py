@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
+from scipy.special import log_ndtr
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
-from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal, make_strata
+from ddpm_objectives_hf.errors import ConfigError
+from ddpm_objectives_hf.bpd import control_variate_features, estimate_bpd, full_bpd, learn_proposal
 from scripts import evaluate, train
 
 T = 100
@@ -36,8 +37,28 @@ class OffsetOracle:
         return (xt - a * x0_hat) / s
 
 
-def closed_form_bound(x0: torch.Tensor) -> float:
-    """prior + decoder + Σ KL for the offset oracle, in bits/dim, in numpy/scipy from diffusers' own ᾱ_t."""
+class NoisyOracle(OffsetOracle):
+    """Its error depends on the noise draw: x̂0 = x0 + c_t (1 + ε), with ε = (x_t − √ᾱ_t x0)/√(1 − ᾱ_t)."""
+
+    def __call__(self, xt, t):
+        a = self.ac[t].sqrt().view(-1, 1, 1, 1).to(xt.dtype)
+        s = (1 - self.ac[t]).sqrt().view(-1, 1, 1, 1).to(xt.dtype)
+        eps = (xt - a * self.x0) / s
+        x0_hat = self.x0 + offset(t).view(-1, 1, 1, 1).to(xt.dtype) * (1 + eps)
+        return (xt - a * x0_hat) / s
+
+
+def log_bin_probability(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log(Φ(b) − Φ(a)) for a < b, on the tail where it does not cancel (reflected when a > 0)."""
+    flip = a > 0
+    hi, lo = np.where(flip, -a, b), np.where(flip, -b, a)
+    log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
+    return log_hi + np.log1p(-np.exp(log_lo - log_hi))
+
+
+def closed_form_bound(x0: torch.Tensor, noisy: bool = False) -> float:
+    """prior + decoder + Σ KL for the offset oracle (``noisy``: the noisy oracle, its expectation over ε by
+    E(1 + ε)² = 2 and Gauss–Hermite quadrature for the decoder), in bits/dim, in numpy/scipy from diffusers' ᾱ_t."""
     from diffusers import DDPMScheduler
 
     ac = DDPMScheduler(num_train_timesteps=T).alphas_cumprod.double().numpy()
@@ -46,17 +67,21 @@ def closed_form_bound(x0: torch.Tensor) -> float:
     post_var = betas * (1 - ac_prev) / (1 - ac)
     coef1 = np.sqrt(ac_prev) * betas / (1 - ac)
     c = offset(torch.arange(T)).numpy()
-    kl = 0.5 * (coef1[1:] * c[1:]) ** 2 / post_var[1:] / LN2  # equal variances: only the mean term
+    kl = 0.5 * (coef1[1:] * c[1:]) ** 2 / post_var[1:] / LN2 * (2 if noisy else 1)  # equal variances: the mean term
     x = x0.double().numpy().ravel()
     # prior: KL(N(√ᾱ_T x0, 1 − ᾱ_T) ‖ N(0, 1)) per dim
     m, v = np.sqrt(ac[-1]) * x, 1 - ac[-1]
     prior = np.mean(0.5 * (-1 - np.log(v) + v + m**2)) / LN2
     # decoder at t = 0: discretized Gaussian, mean x0 + c_0, variance β̃_1 (clipped)
-    mean, sd = x + c[0], np.sqrt(post_var[1])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80) if noisy else (np.zeros(1), np.ones(1))
+    weights = weights / weights.sum()
+    sd = np.sqrt(post_var[1])
     upper = np.where(x > 0.999, np.inf, x + 1 / 255)
     lower = np.where(x < -0.999, -np.inf, x - 1 / 255)
-    prob = norm.cdf((upper - mean) / sd) - norm.cdf((lower - mean) / sd)
-    decoder = -np.mean(np.log(prob)) / LN2
+    decoder = 0.0
+    for e, w in zip(nodes, weights):
+        mean = x + c[0] * (1 + e)
+        decoder += w * -np.mean(log_bin_probability((lower - mean) / sd, (upper - mean) / sd)) / LN2
     return float(prior + decoder + kl.sum())
 
 
@@ -83,7 +108,7 @@ def test_fast_estimator_is_unbiased_and_interval_covers(oracle_setup, learned):
     g = torch.Generator().manual_seed(1)
     proposal = learn_proposal(model, scheduler, x0.double(), grid_size=16, generator=g)[0] if learned else None
     est = estimate_bpd(model, scheduler, images, num_timesteps=8, proposal=proposal, generator=g, progress=False)
-    assert est["evaluations_per_image"] <= 8
+    assert est["evaluations_per_image"] == 8
     assert est["stderr"] > 0  # t is random: the per-image estimates vary
     assert abs(est["bpd"] - truth) < 4 * est["stderr"]
     assert est["ci95"][0] <= truth <= est["ci95"][1]
@@ -99,19 +124,61 @@ def test_learned_proposal_reduces_variance(oracle_setup):
     assert learned["stderr"] < uniform["stderr"]
 
 
-def test_strata_partition_timesteps():
-    q = torch.rand(T).double()
-    q[0] = 0
-    strata = make_strata(q / q.sum(), 7)
-    covered = torch.cat(strata)
-    assert torch.equal(covered, torch.arange(1, T)) and 1 <= len(strata) <= 7
+def test_control_variates_reduce_the_noise_and_stay_unbiased(oracle_setup):
+    """A model whose error depends on the noise draw: regressing the draw out (cross-fitted) keeps the estimate on
+    the closed form and shrinks its interval; the features are zero-mean."""
+    scheduler, x0, _ = oracle_setup
+    model = NoisyOracle(scheduler, x0)
+    truth = closed_form_bound(x0, noisy=True)
+    assert truth > closed_form_bound(x0) + 0.01
+    images = x0.repeat(600, 1, 1, 1).double()
+    g = torch.Generator().manual_seed(4)
+    proposal, _ = learn_proposal(model, scheduler, x0.double(), grid_size=16, generator=g)
+    results = {
+        cv: estimate_bpd(
+            model,
+            scheduler,
+            images,
+            num_timesteps=8,
+            proposal=proposal,
+            control_variates=cv,
+            generator=g,
+            progress=False,
+        )  # fmt: skip
+        for cv in (False, True)
+    }
+    assert results[True]["control_variates"] and not results[False]["control_variates"]
+    for est in results.values():
+        assert abs(est["bpd"] - truth) < 4 * est["stderr"]
+    assert results[True]["stderr"] < 0.5 * results[False]["stderr"]
+    features = control_variate_features(torch.randn(20000, 1, 4, 4, generator=g, dtype=torch.float64), x0.double())
+    assert features.mean(0).abs().max() < 4 * features.std(0).max() / math.sqrt(20000)
+
+
+def test_heavy_timesteps_are_drawn_in_proportion(oracle_setup):
+    """A t with half of q's mass gets half of the K calls of every image; every image costs exactly K calls."""
+    scheduler, x0, oracle = oracle_setup
+    seen = []
+
+    def model(xt, t):
+        seen.append(t.clone())
+        return oracle(xt, t)
+
+    q = torch.full((T,), 0.5 / (T - 1)).double()
+    q[0] = 0.5
+    est = estimate_bpd(model, scheduler, x0.repeat(3, 1, 1, 1).double(), num_timesteps=8, proposal=q,
+                       generator=torch.Generator().manual_seed(5), progress=False)  # fmt: skip
+    t = torch.stack(seen)  # [K, images]
+    assert est["evaluations_per_image"] == 8 and t.shape == (8, 3)
+    assert ((t == 0).sum(0) == 4).all()
 
 
 @pytest.mark.parametrize("k", [0, 1, T + 1])
 def test_estimator_rejects_bad_k(oracle_setup, k):
     scheduler, x0, model = oracle_setup
-    with pytest.raises(ValueError, match="num_bpd_timesteps"):
+    with pytest.raises(ConfigError, match="num_timesteps") as err:
         estimate_bpd(model, scheduler, x0, num_timesteps=k, progress=False)
+    assert err.value.parameter == "num_timesteps"
 
 
 # ---------------------------------------------------------------------------------------------------- the script
@@ -183,17 +250,3 @@ def test_missing_feature_network_offline(tiny_pipeline, tmp_path, capsys, monkey
     monkeypatch.setenv("DDPM_OBJECTIVES_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
     assert run_eval(tiny_pipeline, tmp_path, "--fid_features", "inception", "--no_full_bpd") == 2
     assert "--fid_features" in capsys.readouterr().err
-
-
-def test_exact_draws_stay_unbiased_and_cost_what_they_say(oracle_setup):
-    scheduler, x0, model = oracle_setup
-    images = x0.repeat(1000, 1, 1, 1).double()
-    g = torch.Generator().manual_seed(3)
-    proposal, _ = learn_proposal(model, scheduler, x0.double(), grid_size=16, generator=g)
-    est = estimate_bpd(model, scheduler, images, num_timesteps=8, proposal=proposal, exact_draws=3, generator=g,
-                       progress=False)  # fmt: skip
-    single = sum(len(s) == 1 for s in make_strata(proposal.double(), 7)) + 1  # + the decoder
-    assert est["evaluations_per_image"] == est["num_strata"] + 1 + 2 * single
-    assert abs(est["bpd"] - closed_form_bound(x0)) < 4 * est["stderr"]
-    with pytest.raises(ValueError, match="bpd_exact_draws"):
-        estimate_bpd(model, scheduler, images, num_timesteps=8, exact_draws=0, progress=False)
