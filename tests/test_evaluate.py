@@ -11,8 +11,8 @@ import torch
 from scipy.special import log_ndtr
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
-from ddpm_objectives_hf.errors import ConfigError
 from ddpm_objectives_hf.bpd import control_variate_features, estimate_bpd, full_bpd, learn_proposal
+from ddpm_objectives_hf.errors import ConfigError
 from scripts import evaluate, train
 
 T = 100
