@@ -33,6 +33,7 @@ from ddpm_objectives_hf.cli.validation import (
 )
 from ddpm_objectives_hf.errors import ConfigError
 from ddpm_objectives_hf.evaluation.fid import FID_FEATURES
+from ddpm_objectives_hf.ode import check_ode_options
 from ddpm_objectives_hf.options import (
     POSITIVE_INT,
     SEED,
@@ -62,9 +63,23 @@ class EvalArguments:
     )
     batch_size: int = 256
     full_bpd: bool = field(default=True, metadata={"help": "Compute the full VLB over all T steps (N × T calls)."})
-    num_bpd_timesteps: int = field(default=25, metadata={"help": "K network calls per image for the fast estimate."})
-    bpd_exact_draws: int = field(
-        default=4, metadata={"help": "Noise draws averaged for the exact small-t terms of the fast estimate."}
+    num_bpd_timesteps: int = field(default=20, metadata={"help": "K network calls per image for the fast estimate."})
+    bpd_control_variates: bool = field(
+        default=True, metadata={"help": "Regress each noise draw out of the fast estimate (from 60 images on)."}
+    )
+    ode_bpd: bool = field(
+        default=True, metadata={"help": "Also the exact likelihood: bits/dim by the probability-flow ODE."}
+    )
+    ode_draws: int = field(default=2, metadata={"help": "Dequantisation (and probe) draws per image for the ODE."})
+    ode_divergence: str = field(
+        default="hutchinson",
+        metadata={"choices": ["hutchinson", "exact"], "help": "The ODE's divergence: one Rademacher probe, or exact."},
+    )
+    ode_rtol: float = field(default=1e-5, metadata={"help": "Relative tolerance of the ODE solver."})
+    ode_atol: float = field(default=1e-5, metadata={"help": "Absolute tolerance of the ODE solver."})
+    ode_method: str = field(default="RK45", metadata={"help": "scipy solve_ivp method of the ODE solver."})
+    max_ode_samples: int | None = field(
+        default=None, metadata={"help": "ODE bits/dim on the first N of the bits/dim images only."}
     )
     pilot_images: int = field(default=8, metadata={"help": "Images used to learn the fast estimator's proposal."})
     pilot_grid: int = field(default=64, metadata={"help": "Timesteps of the pilot grid."})
@@ -104,9 +119,9 @@ class EvalArguments:
             self,
             max_eval_samples=at_least_two,
             max_bpd_samples=at_least_two,
+            max_ode_samples=at_least_two,
             batch_size=POSITIVE_INT,
             num_bpd_timesteps=Range(ge=2, integer=True),
-            bpd_exact_draws=POSITIVE_INT,
             pilot_images=POSITIVE_INT,
             pilot_grid=POSITIVE_INT,
             num_samples=POSITIVE_INT if self.fid_features == "none" else Range(ge=2, integer=True),
@@ -114,6 +129,13 @@ class EvalArguments:
             seed=SEED,
         )
         check_choice("fid_features", self.fid_features, (*FID_FEATURES, "none"))
+        check_ode_options(
+            rtol=self.ode_rtol,
+            atol=self.ode_atol,
+            divergence=self.ode_divergence,
+            method=self.ode_method,
+            draws=self.ode_draws,
+        )
         if self.guidance_scales is not None:
             if not self.guidance_scales:
                 raise ConfigError("guidance_scales needs at least one scale", parameter="guidance_scales")
@@ -289,8 +311,8 @@ def evaluate(args: EvalArguments) -> dict:
         }
     pilot = slice(0, max(1, min(args.pilot_images, len(images))))
 
-    def fast_bpd(model_kwargs: dict | None) -> dict:
-        """The fast estimate (proposal learned on the pilot images) as a report entry."""
+    def fast_bpd(model_kwargs: dict | None) -> tuple[dict, torch.Tensor]:
+        """The fast estimate (proposal learned on the pilot images) as a report entry, and per image."""
         start = time.perf_counter()
         pilot_kwargs = slice_model_kwargs(model_kwargs, pilot, len(images))
         proposal, pilot_evals = learn_proposal(
@@ -302,7 +324,7 @@ def evaluate(args: EvalArguments) -> dict:
             images,
             num_timesteps=args.num_bpd_timesteps,
             proposal=proposal,
-            exact_draws=args.bpd_exact_draws,
+            control_variates=args.bpd_control_variates,
             batch_size=args.batch_size,
             generator=generator,
             model_kwargs=model_kwargs,
@@ -313,13 +335,13 @@ def evaluate(args: EvalArguments) -> dict:
             "stderr": fast["stderr"],
             "ci95": list(fast["ci95"]),
             "network_calls_per_image": fast["evaluations_per_image"],
-            "exact_draws": args.bpd_exact_draws,
+            "control_variates": fast["control_variates"],
             "pilot_evaluations": pilot_evals,
             "network_evaluations": evaluations,
             "seconds": time.perf_counter() - start,
-        }
+        }, fast["per_image"]
 
-    report["bpd_fast"] = fast_bpd(conditioning)
+    report["bpd_fast"], fast_per_image = fast_bpd(conditioning)
     if args.full_bpd:
         report["bpd_fast"]["abs_error_vs_full"] = abs(report["bpd_fast"]["bpd"] - report["bpd_full"]["bpd"])
         report["bpd_fast"]["evaluation_saving"] = (
@@ -329,7 +351,13 @@ def evaluate(args: EvalArguments) -> dict:
         report["bpd_fast"]["ci_covers_full"] = low <= report["bpd_full"]["bpd"] <= high
     if labels is not None and null_class_label is not None:  # −log p(x) of the same model, through the null class
         null = torch.full((len(images),), null_class_label, dtype=torch.long, device=device)
-        report["bpd_fast_unconditional"] = fast_bpd({"class_labels": null})
+        report["bpd_fast_unconditional"] = fast_bpd({"class_labels": null})[0]
+
+    if args.ode_bpd:
+        bounds = {"fast": fast_per_image}
+        if args.full_bpd:
+            bounds["full"] = full["total"]
+        report["bpd_ode"] = _ode_bpd(args, unet, scheduler, images, conditioning, generator, bounds)
 
     # 2. the ELBO decomposition: L_T, L_0 and L_{t−1} over t, beside the objective's weighting
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,6 +393,45 @@ def evaluate(args: EvalArguments) -> dict:
     if add_evaluation_to_model_card(args.model_dir, report) is not None:
         logger.info("added the evaluation to %s", Path(args.model_dir) / "README.md")
     return report
+
+
+def _ode_bpd(args: EvalArguments, unet, scheduler, images, conditioning, generator, bounds: dict) -> dict:
+    """Bits/dim by the probability-flow ODE (``ddpm_objectives_hf.ode.ode_bpd``) as a report entry, with the gap
+    ``bound − ODE`` of each bound, paired over the same images (mean and 95% interval)."""
+    from ddpm_objectives_hf.elbo import slice_model_kwargs
+    from ddpm_objectives_hf.ode import ode_bpd
+
+    n = min(args.max_ode_samples or len(images), len(images))
+    ode = ode_bpd(
+        unet,
+        scheduler,
+        images[:n],
+        draws=args.ode_draws,
+        divergence=args.ode_divergence,
+        rtol=args.ode_rtol,
+        atol=args.ode_atol,
+        method=args.ode_method,
+        batch_size=args.batch_size,
+        generator=generator,
+        model_kwargs=slice_model_kwargs(conditioning, slice(0, n), len(images)),
+    )
+    entry = {
+        "bpd": ode["bpd"],
+        "stderr": ode["stderr"],
+        "ci95": list(ode["ci95"]),
+        "estimator_stderr": ode["estimator_stderr"],
+        "num_images": n,
+        "network_calls_per_image": ode["evaluations_per_image"] * ode["draws"],
+        "vjp_per_call": 1 if ode["divergence"] == "hutchinson" else int(images[0].numel()),
+        "seconds_per_image": ode["seconds_per_image"] * ode["draws"],
+        **{k: ode[k] for k in ("draws", "divergence", "rtol", "atol", "method")},
+    }
+    for name, bound in bounds.items():
+        gap = bound[:n].double().cpu() - ode["per_image"]
+        stderr = float(gap.std() / math.sqrt(n))
+        mean = float(gap.mean())
+        entry[f"gap_{name}_bound"] = {"bpd": mean, "ci95": [mean - 1.96 * stderr, mean + 1.96 * stderr]}
+    return entry
 
 
 def _elbo_decomposition(scheduler, bpd_full: dict, terms_mean: torch.Tensor, out_dir: Path) -> dict:

@@ -212,6 +212,14 @@ def test_report_on_tiny_pipeline(tiny_pipeline, tmp_path):
     assert full["bpd"] == pytest.approx(full["prior_bpd"] + full["decoder_bpd"] + full["kl_sum_bpd"], rel=1e-6)
     assert fast["network_evaluations"] == fast["network_calls_per_image"] * 16 + fast["pilot_evaluations"]
     assert 5 <= fast["network_calls_per_image"] <= 5 * 4 and fast["ci95"][0] <= fast["bpd"] <= fast["ci95"][1]
+    ode = report["bpd_ode"]
+    assert ode["num_images"] == 16 and ode["draws"] == 2 and ode["divergence"] == "hutchinson"
+    assert ode["rtol"] == ode["atol"] == 1e-5 and ode["network_calls_per_image"] > 2 * 6  # ≥ 6 per RK45 step
+    assert math.isfinite(ode["bpd"]) and ode["ci95"][0] < ode["bpd"] < ode["ci95"][1] and ode["estimator_stderr"] > 0
+    for name in ("full", "fast"):
+        gap = ode[f"gap_{name}_bound"]
+        assert gap["bpd"] == pytest.approx(report[f"bpd_{name}"]["bpd"] - ode["bpd"], abs=1e-9)
+        assert gap["ci95"][0] < gap["bpd"] < gap["ci95"][1]
     assert report["sampling"]["num_inference_steps"] == 4 and report["sampling"]["num_samples"] == 16
     assert report["fid"]["feature"] == "digits" and report["fid"]["fid"] > 0
     assert sum(report["classifier_view"]["class_histogram"]) == 16

@@ -342,6 +342,13 @@ def eval_report(dataset: str, bpd: float, fid: float) -> dict:
             "ci95": [bpd - 0.13, bpd + 0.15],
             "network_calls_per_image": 25,
         },
+        "bpd_ode": {
+            "bpd": bpd - 0.3,
+            "stderr": 0.06,
+            "ci95": [bpd - 0.42, bpd - 0.18],
+            "network_calls_per_image": 900.0,
+            **{"rtol": 1e-5, "atol": 1e-5, "method": "RK45", "divergence": "hutchinson", "draws": 2},
+        },
         "sampling": {"sampler": "DDPMScheduler", "num_inference_steps": 100, "num_samples": 40},
         "fid": {"fid": fid, "feature": "digits", "requested": "auto", "num_features": 64},
     }
@@ -362,7 +369,10 @@ def test_evaluation_goes_into_the_metadata_and_the_body_once(tmp_path):
     loaded = ModelCard.load(folder / "README.md")
     assert loaded.data.to_dict()["ddpm_objective"] == OBJECTIVE  # the training part is kept
     results = {(r.metric_type, r.metric_config): r for r in loaded.data.eval_results}
-    assert set(results) == {("bits_per_dim", "full"), ("bits_per_dim", "fast"), ("fid", "digits")}
+    assert set(results) == {("bits_per_dim", c) for c in ("full", "fast", "ode")} | {("fid", "digits")}
+    ode = results["bits_per_dim", "ode"]
+    assert ode.metric_value == pytest.approx(2.9) and ode.metric_args["ci95"] == report["bpd_ode"]["ci95"]
+    assert ode.metric_args["rtol"] == 1e-5 and ode.metric_args["divergence"] == "hutchinson"
     full = results["bits_per_dim", "full"]
     assert full.metric_value == 3.2 and full.dataset_name == "sklearn-digits" and full.dataset_split == "test"
     assert full.metric_args["stderr"] == 0.05
@@ -375,7 +385,7 @@ def test_evaluation_goes_into_the_metadata_and_the_body_once(tmp_path):
 
     # the section is a table of the results, after the training metrics and before the hyper-parameters / usage
     rows = [line for line in loaded.text.splitlines() if line.startswith("| ") and "sklearn-digits" in line]
-    assert len(rows) == 3 and any("12.5" in row and "digits" in row for row in rows)
+    assert len(rows) == 4 and any("12.5" in row and "digits" in row for row in rows)
     assert first.index("## Metrics") < first.index("## Evaluation") < first.index("## How to use")
 
     add_evaluation_to_model_card(folder, report)
@@ -390,7 +400,7 @@ def test_evaluation_goes_into_the_metadata_and_the_body_once(tmp_path):
         ("sklearn-digits", "bits_per_dim", "full", 3.1),
         ("user/other", "bits_per_dim", "full", 4.0),
     ]
-    assert len(values) == 6 and evaluation_sections(loaded.text) == 1
+    assert len(values) == 8 and evaluation_sections(loaded.text) == 1
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)
@@ -401,7 +411,7 @@ def test_evaluation_with_a_hostile_data_set_name(tmp_path, hostile):
     loaded = ModelCard.load(folder / "README.md")
     assert {r.dataset_name for r in loaded.data.eval_results} == {hostile}
     assert loaded.text == card.text
-    assert table_cells(card).count(one_line(hostile)) == 3  # one row per result
+    assert table_cells(card).count(one_line(hostile)) == 4  # one row per result
     assert [t.content for t in MD.parse(card.text) if t.type == "html_block"][0].startswith("<!--")
 
 

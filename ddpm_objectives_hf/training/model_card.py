@@ -414,8 +414,9 @@ def write_model_card(
 def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
     """`huggingface_hub.EvalResult`s of a `scripts/evaluate.py` report.
 
-    Bits/dim of the full variational bound and of the fast estimator (`metric_config` `full` / `fast`) carry their
-    standard error and 95% interval in `metric_args` (the full bound's is the normal interval bpd ± 1.96 stderr);
+    Bits/dim of the full variational bound, of the fast estimator and of the probability-flow ODE (`metric_config`
+    `full` / `fast` / `ode`) carry their standard error and 95% interval in `metric_args` (the full bound's is the
+    normal interval bpd ± 1.96 stderr; the ODE's also its solver, tolerances, divergence and dequantisation draws);
     FID carries its feature network (`metric_config`), the sampler and its number of steps.
 
     Args:
@@ -440,6 +441,7 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
         ("bpd_full", "full", f"bits/dim (full variational bound{given})"),
         ("bpd_fast", "fast", f"bits/dim (fast estimate{given})"),
         ("bpd_fast_unconditional", "fast, unconditional", "bits/dim (fast estimate of −log p(x), null class)"),
+        ("bpd_ode", "ode", f"bits/dim (probability-flow ODE{given}, dequantised)"),
     ):
         if key not in report:
             continue
@@ -452,6 +454,7 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
             "num_images": data.get("num_bpd_images"),
             "network_calls_per_image": bpd.get("network_calls_per_image"),
             "num_train_timesteps": report.get("num_train_timesteps") if key == "bpd_full" else None,
+            **{k: bpd.get(k) for k in ("rtol", "atol", "method", "divergence", "draws") if key == "bpd_ode"},
         }
         results.append(
             EvalResult(
