@@ -1,7 +1,7 @@
 """Bits/dim: the full variational bound over all T steps, and a fast unbiased estimator with K ≪ T steps.
 
 The bound is ``prior + Σ_{t=0}^{T−1} L_t``. The fast estimator keeps the prior exact and estimates the sum by
-stratified importance sampling: a proposal q_t ∝ the per-t terms (learned from a short pilot on a coarse grid of t)
+stratified importance sampling: a proposal q_t ∝ the per-t terms' root mean square (learned from a short pilot on a coarse grid of t)
 is cut into K strata of equal mass, each image draws one t per stratum by inverting q's CDF at a jittered point
 (a heavy t spans several strata and is drawn several times), ``L_t / (K q_t)`` is unbiased for the sum, and
 control variates regress each draw's noise out.
@@ -66,12 +66,14 @@ def learn_proposal(
     scheduler: DDPMObjectiveScheduler,
     pilot_images: torch.Tensor,
     *,
-    grid_size: int = 64,
+    grid_size: int = 32,
     uniform_mix: float = 0.01,
     generator: torch.Generator | None = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """A proposal q over t = 0 … T − 1, ∝ the mean VLB term of the pilot images (the decoder L_0 at t = 0).
+    """A proposal q over t = 0 … T − 1, ∝ the root mean square VLB term of the pilot images (the decoder L_0 at
+    t = 0): ``q_t ∝ √E[L_t²]`` minimises the variance of one draw of ``L_t / q_t`` (as Nichol & Dhariwal's
+    importance sampler), so a t whose terms vary more across images and noise draws gets more of the draws.
 
     The terms are evaluated at t = 0 and on a grid of ``grid_size`` timesteps (denser at small t, where they are
     large), interpolated in log space; ``uniform_mix`` of uniform mass keeps every t reachable. Returns
@@ -81,7 +83,7 @@ def learn_proposal(
         model (`Callable`): a diffusers model or ``model(x_t, t, **model_kwargs)`` (see :func:`call_model`).
         scheduler ([`DDPMObjectiveScheduler`]): the model's schedule, target and variance.
         pilot_images (`torch.Tensor`): [P, C, H, W], evaluated in one batch.
-        grid_size (`int`, defaults to 64): timesteps evaluated besides t = 0.
+        grid_size (`int`, defaults to 32): timesteps evaluated besides t = 0.
         uniform_mix (`float`, defaults to 0.01): uniform mass mixed into q.
         generator (`torch.Generator`, *optional*): for ε.
         model_kwargs (`dict`, *optional*): the conditioning of the P pilot images, as the model's forward takes it
@@ -93,8 +95,8 @@ def learn_proposal(
     out = variational_bound(
         model, scheduler, pilot_images, timesteps=torch.as_tensor(grid), generator=generator, model_kwargs=model_kwargs
     )
-    mean_terms = out["terms"].double().mean(0).clamp_min(1e-12).log().cpu().numpy()
-    log_q = np.interp(np.arange(T), grid, mean_terms)
+    rms_terms = out["terms"].double().pow(2).mean(0).sqrt().clamp_min(1e-12).log().cpu().numpy()
+    log_q = np.interp(np.arange(T), grid, rms_terms)
     q = torch.from_numpy(np.exp(log_q - log_q.max()))
     q = (1 - uniform_mix) * q / q.sum() + uniform_mix / T
     return q, len(grid) * pilot_images.shape[0]
@@ -133,7 +135,7 @@ def estimate_bpd(
     scheduler: DDPMObjectiveScheduler,
     images: torch.Tensor,
     *,
-    num_timesteps: int = 20,
+    num_timesteps: int = 18,
     proposal: torch.Tensor | None = None,
     control_variates: bool = True,
     batch_size: int = 256,
@@ -154,7 +156,8 @@ def estimate_bpd(
         model (`Callable`): a diffusers model or ``model(x_t, t, **model_kwargs)`` (see :func:`call_model`).
         scheduler ([`DDPMObjectiveScheduler`]): the model's schedule, target and variance.
         images (`torch.Tensor`): [N, C, H, W] in [−1, 1] on the 8-bit grid.
-        num_timesteps (`int`, defaults to 20): K, the network calls per image (2 ≤ K ≤ T).
+        num_timesteps (`int`, defaults to 18): K, the network calls per image (2 ≤ K ≤ T); with a pilot of 16
+            images on 33 timesteps, ≤ 20 calls per image for 360 images and T = 1000.
         proposal (`torch.Tensor`, *optional*): q over the T timesteps (from :func:`learn_proposal`); when `None`,
             the decoder takes one stratum and the other K − 1 are uniform over 1 … T − 1.
         control_variates (`bool`, defaults to `True`): regress the noise draws out (used from 60 images on).

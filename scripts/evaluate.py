@@ -63,7 +63,7 @@ class EvalArguments:
     )
     batch_size: int = 256
     full_bpd: bool = field(default=True, metadata={"help": "Compute the full VLB over all T steps (N × T calls)."})
-    num_bpd_timesteps: int = field(default=20, metadata={"help": "K network calls per image for the fast estimate."})
+    num_bpd_timesteps: int = field(default=18, metadata={"help": "K network calls per image for the fast estimate."})
     bpd_control_variates: bool = field(
         default=True, metadata={"help": "Regress each noise draw out of the fast estimate (from 60 images on)."}
     )
@@ -81,8 +81,8 @@ class EvalArguments:
     max_ode_samples: int | None = field(
         default=None, metadata={"help": "ODE bits/dim on the first N of the bits/dim images only."}
     )
-    pilot_images: int = field(default=8, metadata={"help": "Images used to learn the fast estimator's proposal."})
-    pilot_grid: int = field(default=64, metadata={"help": "Timesteps of the pilot grid."})
+    pilot_images: int = field(default=16, metadata={"help": "Images used to learn the fast estimator's proposal."})
+    pilot_grid: int = field(default=32, metadata={"help": "Timesteps of the pilot grid."})
     num_samples: int = field(default=360, metadata={"help": "Generated images for FID and the classifier's view."})
     num_inference_steps: int = 1000
     guidance_scales: list[float] | None = field(

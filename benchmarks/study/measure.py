@@ -241,7 +241,7 @@ def load_samples(samples_file: Path) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- bits/dim
-def fast_bpd(unet, scheduler, images: torch.Tensor, *, num_timesteps: int, seed: int, pilot_images: int = 8) -> dict:
+def fast_bpd(unet, scheduler, images: torch.Tensor, *, num_timesteps: int, seed: int, pilot_images: int = 16) -> dict:
     """The fast, unbiased bits/dim estimate (``bpd.estimate_bpd`` with a proposal learned on ``pilot_images``) and its
     95% interval over images."""
     from ddpm_objectives_hf.bpd import estimate_bpd, learn_proposal
@@ -251,8 +251,8 @@ def fast_bpd(unet, scheduler, images: torch.Tensor, *, num_timesteps: int, seed:
     with torch.no_grad():
         proposal, pilot_evaluations = learn_proposal(unet, scheduler, images[:pilot_images], generator=generator)
         fast = estimate_bpd(
-            unet, scheduler, images, num_timesteps=num_timesteps, proposal=proposal, exact_draws=4,
-            generator=generator, progress=False,
+            unet, scheduler, images, num_timesteps=num_timesteps, proposal=proposal, generator=generator,
+            progress=False,
         )  # fmt: skip
     return {
         "bpd": fast["bpd"],

@@ -42,7 +42,7 @@ class Profile:
         fid_samples (`int`): generated images per FID (against all held-out digits).
         sampling_steps (`int`): respaced DDPM steps of the FIDs of the curves, the final table and memorization.
         bpd_images (`int`): held-out digits for the fast bits/dim estimate.
-        num_bpd_timesteps (`int`): its network calls per image (the decoder plus K − 1 strata).
+        num_bpd_timesteps (`int`): its network calls per image (K equal-mass strata of the proposal).
         sweep_objectives (`tuple[str, ...]`): fixed vs learned variances, FID over sampling steps.
         sweep_steps (`tuple[int, ...]`): DDPM and DDIM step counts of that sweep.
         sweep_samples (`int`): generated images per FID of the sweep.
