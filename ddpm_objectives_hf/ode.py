@@ -92,6 +92,16 @@ class ContinuousSchedule:
         steps = np.arange(len(self.phi), dtype=np.float64)
         return np.interp(timesteps, steps, self.coef1), np.interp(timesteps, steps, self.coef2)
 
+    def segments(self, prediction_type: str) -> list[tuple[str, float, float]]:
+        """The integration: in ``log σ = log tan φ`` (= −λ/2) from the first noise level to the last finite one,
+        then, where the flow goes on to SNR = 0, in φ up to π/2. ``(variable, start, end)`` each."""
+        phi0, phi1 = self.span(prediction_type)
+        last_finite = float(self.phi[self.num_finite - 1])
+        parts = [("log_sigma", math.log(math.tan(phi0)), math.log(math.tan(min(phi1, last_finite))))]
+        if phi1 > last_finite:
+            parts.append(("phi", last_finite, phi1))
+        return parts
+
     def span(self, prediction_type: str) -> tuple[float, float]:
         """``(φ0, φ1)``: the first noise level to the last one where ``prediction_type`` gives the velocity."""
         last = len(self.phi) - 1
@@ -161,24 +171,25 @@ def _velocity_and_divergence(fn, x: torch.Tensor, probes: torch.Tensor | None, c
 
 
 class _Lockstep:
-    """One ``solve_ivp`` per row, each in its own thread; the right-hand sides of all rows waiting at a time are
-    evaluated by one call of ``rhs(rows, phis, states)`` in the calling thread."""
+    """One chain of ``solve_ivp`` calls (the ``segments``) per row, each row in its own thread; the right-hand sides
+    of all rows waiting at a time are evaluated by one call of ``rhs(rows, variables, values, states)`` in the
+    calling thread."""
 
-    def __init__(self, rhs: Callable, states: np.ndarray, span: tuple[float, float], solver: dict, progress):
-        self.rhs, self.states, self.span, self.solver, self.progress = rhs, states, span, solver, progress
+    def __init__(self, rhs: Callable, states: np.ndarray, segments: list, solver: dict, progress):
+        self.rhs, self.states, self.segments, self.solver, self.progress = rhs, states, segments, solver, progress
         self.cond = threading.Condition()
-        self.pending: dict[int, tuple[float, np.ndarray]] = {}
+        self.pending: dict[int, tuple[str, float, np.ndarray]] = {}
         self.results: dict[int, np.ndarray] = {}
-        self.solutions: dict[int, Any] = {}
+        self.ends: dict[int, tuple[np.ndarray, int]] = {}
         self.alive = len(states)
         self.error: BaseException | None = None
 
-    def _fun(self, row: int):
-        def fun(phi: float, state: np.ndarray) -> np.ndarray:
+    def _fun(self, row: int, variable: str):
+        def fun(value: float, state: np.ndarray) -> np.ndarray:
             with self.cond:
                 if self.error is not None:
                     raise _Aborted
-                self.pending[row] = (phi, state)
+                self.pending[row] = (variable, value, state)
                 self.cond.notify_all()
                 while row not in self.results:
                     if self.error is not None:
@@ -190,9 +201,14 @@ class _Lockstep:
 
     def _solve(self, row: int) -> None:
         try:
-            solution = solve_ivp(self._fun(row), self.span, self.states[row], **self.solver)
+            state, evaluations = self.states[row], 0
+            for variable, start, end in self.segments:
+                solution = solve_ivp(self._fun(row, variable), (start, end), state, **self.solver)
+                if not solution.success:
+                    raise RuntimeError(f"the ODE solve of image {row} failed: {solution.message}")
+                state, evaluations = solution.y[:, -1], evaluations + solution.nfev
             with self.cond:
-                self.solutions[row] = solution
+                self.ends[row] = (state, evaluations)
         except _Aborted:
             pass
         except BaseException as err:  # noqa: BLE001  (handed to the calling thread)
@@ -204,7 +220,8 @@ class _Lockstep:
                 self.cond.notify_all()
             self.progress.update(1)
 
-    def run(self) -> dict[int, Any]:
+    def run(self) -> dict[int, tuple[np.ndarray, int]]:
+        """``{row: (final state, right-hand sides evaluated)}``."""
         threads = [threading.Thread(target=self._solve, args=(i,), daemon=True) for i in range(len(self.states))]
         for thread in threads:
             thread.start()
@@ -219,7 +236,9 @@ class _Lockstep:
                         break
                     batch, self.pending = self.pending, {}
                 rows = sorted(batch)
-                out = self.rhs(rows, np.array([batch[r][0] for r in rows]), np.stack([batch[r][1] for r in rows]))
+                variables = [batch[r][0] for r in rows]
+                values = np.array([batch[r][1] for r in rows])
+                out = self.rhs(rows, variables, values, np.stack([batch[r][2] for r in rows]))
                 with self.cond:
                     self.results.update(zip(rows, out))
                     self.cond.notify_all()
@@ -231,10 +250,7 @@ class _Lockstep:
         finally:
             for thread in threads:
                 thread.join(timeout=1.0)
-        for row, solution in self.solutions.items():
-            if not solution.success:
-                raise RuntimeError(f"the ODE solve of image {row} failed: {solution.message}")
-        return self.solutions
+        return self.ends
 
 
 class _Aborted(Exception):
@@ -298,7 +314,8 @@ def ode_log_likelihood(
             "the probability-flow ODE needs a DDPM-family schedule (a DDPMObjectiveScheduler)", "scheduler"
         )
     schedule = ContinuousSchedule(scheduler)
-    phi0, phi1 = schedule.span(scheduler.config.prediction_type)
+    phi0, _ = schedule.span(scheduler.config.prediction_type)
+    segments = schedule.segments(scheduler.config.prediction_type)
     parameter = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
     dtype = parameter.dtype if parameter is not None else torch.float64
     device = parameter.device if parameter is not None else samples.device
@@ -318,9 +335,13 @@ def ode_log_likelihood(
         kwargs = slice_model_kwargs(model_kwargs, rows_all, n)
         z = probes[rows_all].to(device=device, dtype=dtype) if divergence == "hutchinson" else None
 
-        def rhs(rows: list[int], phis: np.ndarray, states: np.ndarray, kwargs=kwargs, z=z, m=m) -> np.ndarray:
+        def rhs(rows: list[int], variables: list, values: np.ndarray, states: np.ndarray, kwargs=kwargs, z=z, m=m):
+            """d(x, ∫∇·v̂)/d(variable): in φ, (v̂, ∇·v̂); in log σ, both times dφ/d log σ = sin φ cos φ."""
             index = torch.as_tensor(rows)
             x = torch.from_numpy(states[:, :dims]).reshape((len(rows),) + tuple(shape)).to(device=device, dtype=dtype)
+            in_log_sigma = np.array([v == "log_sigma" for v in variables])
+            phis = np.where(in_log_sigma, np.arctan(np.exp(np.where(in_log_sigma, values, 0.0))), values)
+            scale = np.where(in_log_sigma, np.sin(phis) * np.cos(phis), 1.0)[:, None]
 
             def fn(xs: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
                 picked = index[sub]
@@ -329,21 +350,22 @@ def ode_log_likelihood(
                 )
 
             v, div = _velocity_and_divergence(fn, x, None if z is None else z[index], max(batch_size, 1))
-            return np.concatenate([v.double().cpu().flatten(1).numpy(), div.double().cpu().numpy()[:, None]], axis=1)
+            derivative = np.concatenate([v.double().cpu().flatten(1).numpy(), div.double().cpu().numpy()[:, None]], 1)
+            return derivative * scale
 
         x_start = y.flatten(1) * math.cos(phi0)
         states = np.concatenate([x_start.numpy(), np.zeros((m, 1))], axis=1)
         solver = {"method": method, "rtol": rtol, "atol": atol}
-        solutions = _Lockstep(rhs, states, (phi0, phi1), solver, bar).run()
+        ends = _Lockstep(rhs, states, segments, solver, bar).run()
         for row in range(m):
-            end = solutions[row].y[:, -1]
+            end, evaluations = ends[row]
             x_end, integral = end[:dims], end[dims]
             prior = -0.5 * float(x_end @ x_end) - 0.5 * dims * math.log(2 * math.pi)
             i = start + row
             out["prior"][i] = prior
             out["divergence_integral"][i] = integral
             out["log_likelihood"][i] = prior + integral + dims * math.log(math.cos(phi0))
-            out["evaluations"][i] = solutions[row].nfev
+            out["evaluations"][i] = evaluations
     bar.close()
     return out
 
