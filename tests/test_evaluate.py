@@ -11,7 +11,13 @@ import torch
 from scipy.special import log_ndtr
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
-from ddpm_objectives_hf.bpd import control_variate_features, estimate_bpd, full_bpd, learn_proposal
+from ddpm_objectives_hf.bpd import (
+    GaussianSurrogate,
+    control_variate_features,
+    estimate_bpd,
+    full_bpd,
+    learn_proposal,
+)
 from ddpm_objectives_hf.errors import ConfigError
 from scripts import evaluate, train
 
@@ -153,6 +159,24 @@ def test_control_variates_reduce_the_noise_and_stay_unbiased(oracle_setup):
     assert results[True]["stderr"] < 0.5 * results[False]["stderr"]
     features = control_variate_features(torch.randn(20000, 1, 4, 4, generator=g, dtype=torch.float64), x0.double())
     assert features.mean(0).abs().max() < 4 * features.std(0).max() / math.sqrt(20000)
+
+
+@pytest.mark.parametrize("rank", [16, 5])
+def test_gaussian_surrogate_expected_terms_equal_their_monte_carlo_mean(rank):
+    """The surrogate's closed-form E_ε L_t (and its decoder's Monte Carlo mean) against many draws of its own
+    term through the scheduler's vlb_terms, with the full and a truncated eigenbasis."""
+    scheduler = DDPMObjectiveScheduler(num_train_timesteps=T)
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(50, 1, 4, 4, generator=g) * 2 - 1
+    surrogate = GaussianSurrogate(x, scheduler, rank=rank, draws=64)
+    expected = surrogate.expected_terms(x[:3], g)
+    for t in (0, 1, 10, 50, T - 1):
+        draws = torch.stack(
+            [surrogate.term(x[:3], torch.randn(3, 1, 4, 4, generator=g), torch.full((3,), t)) for _ in range(3000)]
+        )
+        stderr = draws.std(0) / math.sqrt(len(draws))
+        tolerance = 4 * stderr * (math.sqrt(1 + 3000 / 64) if t == 0 else 1)  # t = 0 is itself a 64-draw mean
+        assert ((expected[:, t] - draws.mean(0)).abs() < tolerance).all(), t
 
 
 def test_heavy_timesteps_are_drawn_in_proportion(oracle_setup):
