@@ -415,6 +415,27 @@ def test_evaluation_with_a_hostile_data_set_name(tmp_path, hostile):
     assert [t.content for t in MD.parse(card.text) if t.type == "html_block"][0].startswith("<!--")
 
 
+def test_evaluation_names_local_data_by_its_last_part_and_a_conditional_model_by_its_task(tmp_path):
+    """No absolute path of the machine in the published metadata; a class-conditional model's results are not filed
+    under unconditional generation."""
+    folder = tmp_path / "run"
+    write_model_card(folder, objective=OBJECTIVE)
+    data = tmp_path / "held-out images"
+    data.mkdir()
+    report = {**eval_report(str(data.resolve()), bpd=3.0, fid=9.0), "conditioning": {"num_classes": 10}}
+    add_evaluation_to_model_card(folder, report)
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert str(tmp_path) not in text
+    results = ModelCard.load(folder / "README.md").data.eval_results
+    assert {(r.dataset_name, r.dataset_type) for r in results} == {("held-out images", "local")}
+    assert {r.task_type for r in results} == {"class-conditional-image-generation"}
+    add_evaluation_to_model_card(folder, eval_report("user/data", bpd=3.0, fid=9.0))
+    results = ModelCard.load(folder / "README.md").data.eval_results
+    assert ("user/data", "user/data", "unconditional-image-generation") in {
+        (r.dataset_name, r.dataset_type, r.task_type) for r in results
+    }
+
+
 def test_evaluation_of_a_card_without_the_section_markers(tmp_path):
     (tmp_path / "README.md").write_text("---\nlibrary_name: diffusers\n---\n\n# someone's card\n\nText.\n")
     add_evaluation_to_model_card(tmp_path, eval_report("sklearn-digits", bpd=3.0, fid=9.0))

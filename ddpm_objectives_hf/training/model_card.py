@@ -54,6 +54,7 @@ __all__ = [
 TEMPLATE_NAME = "diffusion_model_card.md"
 BASE_TAGS = ("diffusers", "unconditional-image-generation", "diffusion", "ddpm-objectives-hf")
 TASK_TYPE = "unconditional-image-generation"
+CONDITIONAL_TASK_TYPE = "class-conditional-image-generation"
 # The embedded scikit-learn digits (train.py's default data set): not a Hub data set.
 _EMBEDDED_DATASET_PREFIX = "sklearn"
 # The markers around the card's "Evaluation" section, which `add_evaluation_to_model_card` replaces.
@@ -369,7 +370,7 @@ def write_model_card(
 
     tags = objective_tags(objective_plain)
     if num_classes:  # not an unconditional model: the Hub has no class-conditional task, so no pipeline_tag
-        tags = [tag for tag in tags if tag != TASK_TYPE] + ["class-conditional-image-generation"]
+        tags = [tag for tag in tags if tag != TASK_TYPE] + [CONDITIONAL_TASK_TYPE]
     if remote_code:
         tags.append("custom_code")
     card_data = ModelCardData(
@@ -427,15 +428,18 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
     """
     data = report.get("data") or {}
     dataset = str(data.get("dataset") or "unknown")
+    local = dataset.startswith((".", "/", "~")) or os.path.exists(dataset)
+    conditional = "conditioning" in report  # bits/dim of −log p(x | y), and −log p(x) through the null class
     common = {
-        "task_type": TASK_TYPE,
-        "dataset_type": dataset,
-        "dataset_name": dataset,
+        # the Hub has no class-conditional task: the card's own tag, as in its metadata
+        "task_type": CONDITIONAL_TASK_TYPE if conditional else TASK_TYPE,
+        # a local folder or file is named by its last part (never the machine's absolute path), of type "local"
+        "dataset_type": "local" if local else dataset,
+        "dataset_name": (Path(dataset).name or dataset) if local else dataset,
         "dataset_split": None if data.get("split") is None else str(data["split"]),
     }
     z = NormalDist().inv_cdf(0.975)
     results = []
-    conditional = "conditioning" in report  # bits/dim of −log p(x | y), and −log p(x) through the null class
     given = " of −log p(x | y)" if conditional else ""
     for key, config, name in (
         ("bpd_full", "full", f"bits/dim (full variational bound{given})"),
