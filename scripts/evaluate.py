@@ -33,7 +33,7 @@ from ddpm_objectives_hf.cli.validation import (
 )
 from ddpm_objectives_hf.errors import ConfigError
 from ddpm_objectives_hf.evaluation.fid import FID_FEATURES
-from ddpm_objectives_hf.ode import check_ode_options
+from ddpm_objectives_hf.ode import DIVERGENCES, METHODS, check_ode_options
 from ddpm_objectives_hf.options import (
     POSITIVE_INT,
     SEED,
@@ -65,7 +65,7 @@ class EvalArguments:
     full_bpd: bool = field(default=True, metadata={"help": "Compute the full VLB over all T steps (N × T calls)."})
     num_bpd_timesteps: int = field(default=18, metadata={"help": "K network calls per image for the fast estimate."})
     bpd_control_variates: bool = field(
-        default=True, metadata={"help": "Regress each noise draw out of the fast estimate (from 60 images on)."}
+        default=True, metadata={"help": "Regress each noise draw out of the fast estimate (from 70 images on)."}
     )
     ode_bpd: bool = field(
         default=True, metadata={"help": "Also the exact likelihood: bits/dim by the probability-flow ODE."}
@@ -73,11 +73,13 @@ class EvalArguments:
     ode_draws: int = field(default=2, metadata={"help": "Dequantisation (and probe) draws per image for the ODE."})
     ode_divergence: str = field(
         default="hutchinson",
-        metadata={"choices": ["hutchinson", "exact"], "help": "The ODE's divergence: one Rademacher probe, or exact."},
+        metadata={"choices": list(DIVERGENCES), "help": "The ODE's divergence: one Rademacher probe, or exact."},
     )
     ode_rtol: float = field(default=1e-5, metadata={"help": "Relative tolerance of the ODE solver."})
     ode_atol: float = field(default=1e-5, metadata={"help": "Absolute tolerance of the ODE solver."})
-    ode_method: str = field(default="RK45", metadata={"help": "scipy solve_ivp method of the ODE solver."})
+    ode_method: str = field(
+        default="RK45", metadata={"choices": list(METHODS), "help": "scipy solve_ivp method of the ODE solver."}
+    )
     max_ode_samples: int | None = field(
         default=None, metadata={"help": "ODE bits/dim on the first N of the bits/dim images only."}
     )
