@@ -308,16 +308,20 @@ def estimate_bpd(
                 features[rows, j, NUM_FEATURES] = surrogate.term(x0, noise, t_dev) / (k * q[t]) - expected[rows, j]
     corrections = _control_variate_corrections(values, features) if surrogate is not None else torch.zeros_like(values)
     estimate = prior + (values - corrections).sum(1)
-    mean = float(estimate.mean())
-    stderr = float(estimate.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     return {
         "per_image": estimate,
-        "bpd": mean,
-        "stderr": stderr,
-        "ci95": (mean - 1.96 * stderr, mean + 1.96 * stderr),
+        **mean_with_interval(estimate),
         "evaluations_per_image": k,
         "control_variates": bool(corrections.abs().sum() > 0),
     }
+
+
+def mean_with_interval(per_image: torch.Tensor) -> dict:
+    """``bpd`` (the mean over images), its ``stderr`` and the normal 95% interval ``ci95 = bpd ± 1.96 stderr``."""
+    values = per_image.double().cpu()
+    mean = float(values.mean())
+    stderr = float(values.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return {"bpd": mean, "stderr": stderr, "ci95": (mean - 1.96 * stderr, mean + 1.96 * stderr)}
 
 
 def _cpu(generator: torch.Generator | None) -> torch.Generator | None:

@@ -41,6 +41,7 @@ import torch
 from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
+from .bpd import mean_with_interval
 from .elbo import call_model, slice_model_kwargs
 from .errors import ConfigError
 from .likelihood import LOG2
@@ -435,14 +436,10 @@ def ode_bpd(
     seconds = time.perf_counter() - begin
     values = torch.stack(per_draw)  # [draws, N]
     per_image = values.mean(0)
-    mean = float(per_image.mean())
-    stderr = float(per_image.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     within = float(values.var(0, unbiased=True).mean() / (draws * n)) ** 0.5 if draws > 1 else float("nan")
     return {
         "per_image": per_image,
-        "bpd": mean,
-        "stderr": stderr,
-        "ci95": (mean - 1.96 * stderr, mean + 1.96 * stderr),
+        **mean_with_interval(per_image),
         "estimator_stderr": within,
         "evaluations_per_image": float(torch.stack(calls).mean()),
         "seconds_per_image": seconds / (n * draws),

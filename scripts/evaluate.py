@@ -400,6 +400,7 @@ def evaluate(args: EvalArguments) -> dict:
 def _ode_bpd(args: EvalArguments, unet, scheduler, images, conditioning, generator, bounds: dict) -> dict:
     """Bits/dim by the probability-flow ODE (``ddpm_objectives_hf.ode.ode_bpd``) as a report entry, with the gap
     ``bound − ODE`` of each bound, paired over the same images (mean and 95% interval)."""
+    from ddpm_objectives_hf.bpd import mean_with_interval
     from ddpm_objectives_hf.elbo import slice_model_kwargs
     from ddpm_objectives_hf.ode import ode_bpd
 
@@ -429,10 +430,8 @@ def _ode_bpd(args: EvalArguments, unet, scheduler, images, conditioning, generat
         **{k: ode[k] for k in ("draws", "divergence", "rtol", "atol", "method")},
     }
     for name, bound in bounds.items():
-        gap = bound[:n].double().cpu() - ode["per_image"]
-        stderr = float(gap.std() / math.sqrt(n))
-        mean = float(gap.mean())
-        entry[f"gap_{name}_bound"] = {"bpd": mean, "ci95": [mean - 1.96 * stderr, mean + 1.96 * stderr]}
+        gap = mean_with_interval(bound[:n].double().cpu() - ode["per_image"])
+        entry[f"gap_{name}_bound"] = {"bpd": gap["bpd"], "ci95": list(gap["ci95"])}
     return entry
 
 
