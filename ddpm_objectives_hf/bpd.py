@@ -1,10 +1,10 @@
 """Bits/dim: the full variational bound over all T steps, and a fast unbiased estimator with K ≪ T steps.
 
 The bound is ``prior + Σ_{t=0}^{T−1} L_t``. The fast estimator keeps the prior exact and estimates the sum by
-stratified importance sampling: a proposal q_t ∝ the per-t terms' root mean square (learned from a short pilot on a coarse grid of t)
-is cut into K strata of equal mass, each image draws one t per stratum by inverting q's CDF at a jittered point
-(a heavy t spans several strata and is drawn several times), ``L_t / (K q_t)`` is unbiased for the sum, and
-control variates regress each draw's noise out.
+stratified importance sampling: a proposal q_t ∝ the per-t terms' root mean square (learned from a short pilot on a
+coarse grid of t) is cut into K strata of equal mass, each image draws one t per stratum by inverting q's CDF at a
+jittered point (a heavy t spans several strata and is drawn several times), ``L_t / (K q_t)`` is unbiased for the
+sum, and control variates regress each draw's noise out.
 """
 
 from __future__ import annotations
@@ -278,23 +278,20 @@ def estimate_bpd(
     features = torch.zeros(n, k, NUM_FEATURES + 1, dtype=torch.float64)
     u = (torch.arange(k, dtype=torch.float64) + torch.rand(n, k, dtype=torch.float64, generator=_cpu(generator))) / k
     t_points = torch.searchsorted(cdf, u * cdf[-1]).clamp(max=T - 1)  # [N, K]: one point per stratum and image
-    surrogate, expected = None, None
-    if control_variates and n >= _MIN_CV_IMAGES:
-        surrogate = GaussianSurrogate(images, scheduler)
-        # the surrogate's expected point value per image and stratum: Σ_t p_k(t) E_ε L_t / (K q_t), with p_k(t) = K ×
-        # the part of q_t's mass inside stratum k
-        lower = torch.cat([cdf.new_zeros(1), cdf[:-1]])
-        edges = torch.arange(k + 1, dtype=torch.float64) / k
-        inside = (torch.minimum(cdf[None], edges[1:, None]) - torch.maximum(lower[None], edges[:-1, None])).clamp_min(
-            0
-        )
-        expected = (surrogate.expected_terms(images, generator) / (k * q)) @ (k * inside).T  # [N, K]
+    surrogate = GaussianSurrogate(images, scheduler) if control_variates and n >= _MIN_CV_IMAGES else None
+    # p_k(t) = K × the part of q_t's mass inside stratum k: the law of stratum k's point, [T, K]
+    lower = torch.cat([cdf.new_zeros(1), cdf[:-1]])
+    edges = torch.arange(k + 1, dtype=torch.float64) / k
+    inside = torch.minimum(cdf[None], edges[1:, None]) - torch.maximum(lower[None], edges[:-1, None])
+    point_law = (k * inside.clamp_min(0)).T
     for start in tqdm(range(0, n, batch_size), desc="fast bits/dim", disable=not progress):
         x0 = images[start : start + batch_size]
         kwargs = slice_model_kwargs(model_kwargs, slice(start, start + batch_size), n)
         m = x0.shape[0]
         rows = slice(start, start + m)
         prior[rows] = scheduler.prior_bpd(x0).double().cpu()
+        if surrogate is not None:  # its expected point value per image and stratum: Σ_t p_k(t) E_ε L_t / (K q_t)
+            expected = (surrogate.expected_terms(x0, generator) / (k * q)) @ point_law  # [m, K]
         for j in range(k):
             t = t_points[rows, j]
             t_dev = t.to(x0.device)
@@ -305,7 +302,7 @@ def estimate_bpd(
             values[rows, j] = vb / (k * q[t])
             if surrogate is not None:
                 features[rows, j, :NUM_FEATURES] = control_variate_features(noise, x0).cpu()
-                features[rows, j, NUM_FEATURES] = surrogate.term(x0, noise, t_dev) / (k * q[t]) - expected[rows, j]
+                features[rows, j, NUM_FEATURES] = surrogate.term(x0, noise, t_dev) / (k * q[t]) - expected[:, j]
     corrections = _control_variate_corrections(values, features) if surrogate is not None else torch.zeros_like(values)
     estimate = prior + (values - corrections).sum(1)
     return {
