@@ -128,7 +128,8 @@ def velocity(
     def column(values: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(values, dtype=x.dtype, device=x.device).reshape((-1,) + (1,) * (x.ndim - 1))
 
-    timesteps = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    # fractional timesteps in at least float32 (bfloat16 would round t = 999 to a multiple of 4)
+    timesteps = torch.as_tensor(t, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
     output = call_model(model, x, timesteps, model_kwargs)
     prediction, _ = scheduler.split_model_output(output, x)
     coef1, coef2 = schedule.mean_coefficients(t)
