@@ -224,7 +224,10 @@ class _Lockstep:
 
     def run(self) -> dict[int, tuple[np.ndarray, int]]:
         """``{row: (final state, right-hand sides evaluated)}``."""
-        threads = [threading.Thread(target=self._solve, args=(i,), daemon=True) for i in range(len(self.states))]
+        threads = [
+            threading.Thread(target=self._solve, args=(i,), name=f"ode-solve-{i}", daemon=True)
+            for i in range(len(self.states))
+        ]
         for thread in threads:
             thread.start()
         try:

@@ -255,3 +255,23 @@ def test_a_scheduler_without_a_ddpm_schedule_is_refused():
     with pytest.raises(ConfigError) as err:
         ode_log_likelihood(lambda x, t: x, EulerDiscreteScheduler(), draw(mu, sigma, 1), progress=False)
     assert err.value.parameter == "scheduler"
+
+
+def test_an_error_in_the_network_stops_every_solve():
+    """A failing network call reaches the caller as it is, and no solver thread is left waiting."""
+    import threading
+
+    scheduler = DDPMObjectiveScheduler(num_train_timesteps=50)
+    mu, sigma = gaussian()
+    exact = ExactModel(scheduler, mu, sigma)
+    calls = []
+
+    def failing(x, t):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("out of memory (simulated)")
+        return exact(x, t)
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        ode_log_likelihood(failing, scheduler, draw(mu, sigma, 6), progress=False)
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("ode-solve")]
