@@ -276,7 +276,7 @@ class DDPMObjectivePipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
         num_inference_steps: int = 1000,
@@ -287,7 +287,8 @@ class DDPMObjectivePipeline(DiffusionPipeline):
         """Sample images: x_T ~ N(0, I), then ``num_inference_steps`` steps of the scheduler.
 
         Args:
-            batch_size (`int`, defaults to 1): the number of images.
+            batch_size (`int`, *optional*): the number of images; by default one per label of ``class_labels`` (as
+                diffusers' `DiTPipeline`), else 1.
             class_labels (`int`, list of `int` or `torch.Tensor`, *optional*): the class of each image (one label for
                 all, or ``batch_size`` labels) of a class-conditional model; `None` samples unconditionally through
                 the null class.
@@ -302,6 +303,10 @@ class DDPMObjectivePipeline(DiffusionPipeline):
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the images (a tuple's first element).
         """
+        if batch_size is None:  # one image per label, as DiTPipeline
+            several = isinstance(class_labels, torch.Tensor) and class_labels.ndim == 1
+            several = several or (isinstance(class_labels, Sequence) and not isinstance(class_labels, str))
+            batch_size = max(len(class_labels), 1) if several else 1
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:

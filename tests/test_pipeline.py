@@ -496,6 +496,15 @@ def test_bad_call_is_a_one_line_value_error(name, kwargs, message):
     assert "\n" not in str(info.value)
 
 
+def test_the_batch_comes_from_the_labels_when_no_batch_size_is_given():
+    """As diffusers' DiTPipeline: one image per label; one label (or none) gives one image."""
+    pipe = model_pipeline(KINDS["cond-null"])
+    for labels, count in (([0, 1, 2, 1, 0], 5), (torch.tensor([2, 0]), 2), (1, 1), ([2], 1)):
+        images = pipe(class_labels=labels, num_inference_steps=2, output_type="pt").images
+        assert images.shape[0] == count, labels
+    assert pipe(num_inference_steps=2, output_type="pt").images.shape[0] == 1  # the null class, one image
+
+
 def test_a_scheduler_the_pipeline_cannot_serve():
     pipe = model_pipeline(KINDS["mean"])
     pipe.scheduler = DDPMObjectiveScheduler(num_train_timesteps=T, prediction_type="mean")
