@@ -153,6 +153,20 @@ def test_linear_schedule_and_prior_mismatch():
     np.testing.assert_allclose(out["log_likelihood"].numpy() / D, np.array(marginal) / D, atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("beta_schedule", ["scaled_linear", "sigmoid"])
+def test_every_beta_schedule(beta_schedule):
+    """The other schedules diffusers builds from beta_start/beta_end: the same closed form, v target."""
+    scheduler = DDPMObjectiveScheduler(
+        num_train_timesteps=200, beta_schedule=beta_schedule, beta_end=0.05, prediction_type="v_prediction"
+    )
+    mu, sigma = gaussian(seed=13)
+    y = draw(mu, sigma, 2, seed=14)
+    out = tight_ode(ExactModel(scheduler, mu, sigma), scheduler, y)
+    phi0, phi1 = ContinuousSchedule(scheduler).span("v_prediction")
+    expected = [expected_log_likelihood(v, mu, sigma, phi0, phi1) for v in y.flatten(1).numpy()]
+    np.testing.assert_allclose(out["log_likelihood"].numpy() / D, np.array(expected) / D, atol=1e-6, rtol=0)
+
+
 def test_class_conditional_gives_log_p_x_given_y():
     """model_kwargs reach each image's solve: with a class mean μ_y per class the ODE gives log N(y; μ_y, ·)."""
     scheduler = DDPMObjectiveScheduler(num_train_timesteps=100, rescale_betas_zero_snr=True, prediction_type="sample")
