@@ -228,6 +228,7 @@ def load_images(
         train_data_dir=args.train_data_dir,
         image_column=args.image_column,
         split=args.split,
+        split_parameter="split",
     )
     if args.max_eval_samples:
         dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))

@@ -266,6 +266,22 @@ def test_k_out_of_range(tiny_pipeline, tmp_path, capsys, k):
     assert "--num_bpd_timesteps" in capsys.readouterr().err
 
 
+def test_a_folder_without_the_split_names_split_and_its_splits(tiny_pipeline, tmp_path, capsys):
+    """A folder of held-out images has only a train split: evaluate.py's default --split test is named, with the
+    splits the folder has, and --split train evaluates it."""
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "held-out"
+    folder.mkdir()
+    for i in range(4):
+        PILImage.new("L", (8, 8), i * 40).save(folder / f"{i}.png")
+    assert run_eval(tiny_pipeline, tmp_path, "--train_data_dir", str(folder), "--no_ode_bpd") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after datasets' "Generating train split" bar
+    assert line.startswith("evaluate.py: error: --split 'test' is not a split of the data") and "['train']" in line
+    flags = ("--train_data_dir", str(folder), "--split", "train", "--no_ode_bpd", "--fid_features", "none")
+    assert run_eval(tiny_pipeline, tmp_path, *flags) == 0
+
+
 def test_channels_mismatch(tmp_path, capsys):
     from datasets import Dataset, Image
     from PIL import Image as PILImage

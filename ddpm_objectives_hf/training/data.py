@@ -152,6 +152,10 @@ def local_path(name: str | os.PathLike) -> Path | None:
     return path if path.exists() else None
 
 
+class UnknownSplitError(DataError):
+    """The data exist but have no split of the requested name (the message lists the splits they have)."""
+
+
 def _select_split(
     data: datasets.Dataset | datasets.DatasetDict, split: str, parameter: str, where: str
 ) -> datasets.Dataset:
@@ -159,7 +163,7 @@ def _select_split(
 
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
-            raise DataError(
+            raise UnknownSplitError(
                 f"{parameter} {where} has no split {split!r}; its splits are: {', '.join(data.keys())}",
                 parameter=parameter,
             )
@@ -177,7 +181,7 @@ def _load_split(parameter: str, where: str, split: str, **kwargs: Any) -> datase
         return datasets.load_dataset(split=split, **kwargs)
     except (ValueError, DatasetsError) as e:
         if "Unknown split" in str(e):
-            raise DataError(f"{parameter} {where}: {_one_line(e)}", parameter=parameter) from e
+            raise UnknownSplitError(f"{parameter} {where}: {_one_line(e)}", parameter=parameter) from e
         cause = e.__cause__ or e
         raise DataError(
             f"{parameter} {where} could not be read ({type(cause).__name__}: {_one_line(cause)[:300]})",
@@ -504,39 +508,15 @@ def _resolve_relative_paths(dataset: datasets.Dataset, image_column: str, base_d
     return dataset.map(_absolute, batched=True, desc="Resolving image paths")
 
 
-def load_image_dataset(
-    dataset_name: str | None = None,
-    dataset_config_name: str | None = None,
-    train_data_dir: str | None = None,
-    image_column: str | None = None,
-    split: str = "train",
-    cache_dir: str | None = None,
-    use_default_digits: bool = True,
-) -> tuple[datasets.Dataset, str]:
-    """Load the training (or evaluation) images, as the `dataset_name` / `train_data_dir` options of diffusers'
-    `train_unconditional.py` do, plus local files and the embedded digits.
-
-    Args:
-        dataset_name (`str`, *optional*): A local `save_to_disk` folder (`Dataset` or `DatasetDict`), a single data
-            file of any format `datasets` has a packaged builder for (see [`table_file_builders`]: `.parquet`,
-            `.csv`, `.json`/`.jsonl`, `.arrow`, …; image paths in it may be relative to its folder), a folder of such
-            files (or any folder `datasets.load_dataset` understands, e.g. images), or a Hub dataset id. Hub datasets
-            need the network unless already in the cache.
-        dataset_config_name (`str`, *optional*): The configuration of a Hub dataset.
-        train_data_dir (`str`, *optional*): A folder of images (loaded with the `imagefolder` builder).
-        image_column (`str`, *optional*): The column holding the images; found automatically when not given.
-        split (`str`, defaults to `"train"`): The split to use (a single data file is always one split).
-        cache_dir (`str`, *optional*): The `datasets` cache directory.
-        use_default_digits (`bool`, defaults to `True`): With neither `dataset_name` nor `train_data_dir`, use the
-            embedded scikit-learn digits ([`digits_dataset`]); otherwise that is an error.
-
-    Returns:
-        `(dataset, image_column)`, the column a `datasets.Image` feature unless it holds pixel arrays (see
-        [`as_image_column`]).
-
-    Raises:
-        `DataError`: a one-line message; `parameter` names the argument at fault.
-    """
+def _load_source(
+    dataset_name: str | None,
+    dataset_config_name: str | None,
+    train_data_dir: str | None,
+    split: str,
+    cache_dir: str | None,
+    use_default_digits: bool,
+) -> tuple[datasets.Dataset, str | None]:
+    """The split of the data `load_image_dataset` names, and the folder relative image paths are read from."""
     base_dir = None
     if dataset_name is not None and train_data_dir is not None:
         raise DataError("dataset_name: pass either it or train_data_dir, not both", parameter="dataset_name")
@@ -590,6 +570,55 @@ def load_image_dataset(
             "dataset_name is not given and there is no default data; pass a Hub id or local path (or train_data_dir)",
             parameter="dataset_name",
         )
+    return dataset, base_dir
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    image_column: str | None = None,
+    split: str = "train",
+    cache_dir: str | None = None,
+    use_default_digits: bool = True,
+    split_parameter: str | None = None,
+) -> tuple[datasets.Dataset, str]:
+    """Load the training (or evaluation) images, as the `dataset_name` / `train_data_dir` options of diffusers'
+    `train_unconditional.py` do, plus local files and the embedded digits.
+
+    Args:
+        dataset_name (`str`, *optional*): A local `save_to_disk` folder (`Dataset` or `DatasetDict`), a single data
+            file of any format `datasets` has a packaged builder for (see [`table_file_builders`]: `.parquet`,
+            `.csv`, `.json`/`.jsonl`, `.arrow`, …; image paths in it may be relative to its folder), a folder of such
+            files (or any folder `datasets.load_dataset` understands, e.g. images), or a Hub dataset id. Hub datasets
+            need the network unless already in the cache.
+        dataset_config_name (`str`, *optional*): The configuration of a Hub dataset.
+        train_data_dir (`str`, *optional*): A folder of images (loaded with the `imagefolder` builder).
+        image_column (`str`, *optional*): The column holding the images; found automatically when not given.
+        split (`str`, defaults to `"train"`): The split to use (a single data file is always one split).
+        cache_dir (`str`, *optional*): The `datasets` cache directory.
+        use_default_digits (`bool`, defaults to `True`): With neither `dataset_name` nor `train_data_dir`, use the
+            embedded scikit-learn digits ([`digits_dataset`]); otherwise that is an error.
+        split_parameter (`str`, *optional*): The caller's name for `split` when it is a user option (e.g.
+            evaluate.py's `--split`): a split the data lack is then reported under it, with the splits they have.
+
+    Returns:
+        `(dataset, image_column)`, the column a `datasets.Image` feature unless it holds pixel arrays (see
+        [`as_image_column`]).
+
+    Raises:
+        `DataError`: a one-line message; `parameter` names the argument at fault.
+    """
+    try:
+        dataset, base_dir = _load_source(
+            dataset_name, dataset_config_name, train_data_dir, split, cache_dir, use_default_digits
+        )
+    except UnknownSplitError as e:
+        if split_parameter is None:
+            raise
+        raise DataError(
+            f"{split_parameter} {split!r} is not a split of the data: {e}", parameter=split_parameter
+        ) from e
     column = find_image_column(dataset, image_column)
     if base_dir is not None:
         dataset = _resolve_relative_paths(dataset, column, base_dir)
