@@ -659,6 +659,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
     if accelerator.state.deepspeed_plugin is not None:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.train_batch_size
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    # accelerate logs each file of a checkpoint at INFO (seven lines through the progress bar): one line of ours
+    for name in ("accelerate.checkpointing", "accelerate.accelerator"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     set_seed(run.seed)
     if accelerator.device.type == "cpu":
         # VLB/KL gradients reach denormal magnitudes, which run ~50x slower on CPUs; flush them to zero.
@@ -855,6 +858,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         if state.step % run.checkpointing_steps == 0 and not last:
             check_finite_weights(model, ema, state.step, name_of=flag)  # the loss was checked above
             save_checkpoint(accelerator, run.output_dir, state.step, run.checkpoints_total_limit, identity=identity)
+            if accelerator.is_main_process:
+                logger.info("saved checkpoint-%d", state.step)
 
         if run.save_images_steps and state.step % run.save_images_steps == 0 and not last:
             if accelerator.is_main_process:

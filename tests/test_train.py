@@ -310,6 +310,15 @@ def test_json_and_yaml_config_files_equal_flags(tmp_path: Path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------- 4. checkpoints
+def test_a_checkpoint_logs_one_line(tmp_path: Path, capsys, caplog):
+    """Not accelerate's line per file (seven per checkpoint, through the progress bar): one line of the script's."""
+    caplog.set_level(logging.INFO)
+    run_ok(tiny_args(tmp_path / "run", "--checkpointing_steps", "2", steps=4), capsys)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [line for line in lines if ".checkpoint-" in line or "saved in" in line]
+    assert [line for line in lines if line.startswith("saved checkpoint")] == ["saved checkpoint-2"]
+
+
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path, capsys, caplog):
     common = ["--timestep_sampler", "importance", "--gradient_accumulation_steps", "1"]
     # A: straight through, no checkpoints
