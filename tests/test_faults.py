@@ -203,6 +203,26 @@ def test_folder_this_tool_did_not_make_is_never_written(checkpointed_run: Path, 
         assert snapshot(user) == before
 
 
+def test_a_folder_of_only_this_tools_checkpoints_resumes(checkpointed_run: Path, tmp_path: Path, capsys):
+    """Complete checkpoints copied to another machine (nothing else: no run marker) are this tool's: the run resumes
+    from the latest, and the folder becomes a run folder; one file of the user's beside them makes it the user's."""
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for checkpoint in list_checkpoints(checkpointed_run):
+        shutil.copytree(checkpoint, moved / checkpoint.name)
+    run_ok(_args(moved, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest", steps=6), capsys)
+    assert (moved / "ddpm_objectives_run.json").is_file() and (moved / "model_index.json").is_file()
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copytree(list_checkpoints(checkpointed_run)[-1], mixed / list_checkpoints(checkpointed_run)[-1].name)
+    (mixed / "notes.txt").write_text("mine\n")
+    message = run_error(
+        _args(mixed, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest", steps=6), capsys
+    )
+    assert "--output_dir" in message and "not made by this tool" in message
+
+
 def test_overwrite_replaces_the_previous_run_completely(checkpointed_run: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     run_ok(_args(out, "--checkpointing_steps", "2", "--save_images_steps", "2", steps=6), capsys)

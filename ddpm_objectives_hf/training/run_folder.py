@@ -124,11 +124,22 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------------- output folder
 def is_run_folder(output_dir: str | os.PathLike) -> bool:
-    """Whether ``output_dir`` was made by this tool (it holds :data:`RUN_MARKER` naming it)."""
-    marker = Path(output_dir) / RUN_MARKER
+    """Whether ``output_dir`` was made by this tool: it holds :data:`RUN_MARKER` naming it, or nothing but complete
+    checkpoints of this tool (a run's checkpoints copied to another machine to resume there)."""
+    root = Path(output_dir)
+    if _made_by_this_tool(root / RUN_MARKER):
+        return True
+    entries = list(root.iterdir()) if root.is_dir() else []
+    return bool(entries) and all(
+        CHECKPOINT_RE.match(p.name) and p.is_dir() and _made_by_this_tool(p / COMPLETE_MARKER) for p in entries
+    )
+
+
+def _made_by_this_tool(record: Path) -> bool:
+    """Whether the JSON file ``record`` exists and names this tool as ``created_by``."""
     try:
-        return marker.is_file() and read_json(marker).get("created_by") == TOOL
-    except (OSError, ValueError):
+        return record.is_file() and read_json(record).get("created_by") == TOOL
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -245,8 +256,8 @@ def prepare_output_dir(
     """
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    if not is_run_folder(root):
-        if run_outputs(root):
+    if not _made_by_this_tool(root / RUN_MARKER):
+        if run_outputs(root) and not is_run_folder(root):
             raise ConfigError(f"output_dir '{root}' is not empty and was not made by {TOOL}", parameter="output_dir")
         write_json(root / RUN_MARKER, {"created_by": TOOL, "format": 1})
     clean_leftovers(root)
