@@ -17,6 +17,7 @@ if "DDPM_OBJECTIVES_CACHE" not in os.environ:
     os.environ["DDPM_OBJECTIVES_CACHE"] = _cache_dir
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 
+import datasets  # noqa: E402, F401  (its log handler binds sys.stderr when first set up: here, not under a test's capsys)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
