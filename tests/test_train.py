@@ -49,8 +49,7 @@ def tiny_args(output_dir: Path, *extra: str, steps: int = 6) -> list[str]:
 
 
 def run_ok(argv: list[str], capsys=None) -> None:
-    """Train; ``capsys`` shows the error of a failed run (a library that first sets up its logging under capsys keeps
-    a handler on capsys's stream, closed after the test: later tests then print "--- Logging error ---")."""
+    """Train and expect success; with ``capsys`` a failure shows the script's stderr."""
     rc = train_script.main(argv)
     err = capsys.readouterr().err if capsys is not None else ""
     assert rc == 0, f"train.py failed (exit {rc}):\n{err[-3000:]}"
@@ -315,7 +314,7 @@ def test_json_and_yaml_config_files_equal_flags(tmp_path: Path, capsys):
 def test_a_checkpoint_logs_one_line(tmp_path: Path, caplog):
     """Not accelerate's line per file (seven per checkpoint, through the progress bar): one line of the script's."""
     caplog.set_level(logging.INFO)
-    run_ok(tiny_args(tmp_path / "run", "--checkpointing_steps", "2", steps=4))  # no capsys: see run_ok
+    run_ok(tiny_args(tmp_path / "run", "--checkpointing_steps", "2", steps=4))
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert not [line for line in lines if ".checkpoint-" in line or "saved in" in line]
     assert [line for line in lines if line.startswith("saved checkpoint")] == ["saved checkpoint-2"]
