@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the smoke profile (minutes)")
     size.add_argument("--long", action="store_true", help="the GPU profile")
+    size.add_argument("--converged", action="store_true", help="the claims' objectives trained to their plateau")
     parser.add_argument("--out", default=None, help="figures and results.json (default docs/study; --quick: "
                         "docs/study_v2_smoke)")  # fmt: skip
     parser.add_argument("--page", default=None, help="the page (default docs/study.md; elsewhere OUT/study.md)")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    profile = P.QUICK if args.quick else P.LONG if args.long else P.CPU
+    profile = P.QUICK if args.quick else P.LONG if args.long else P.CONVERGED if args.converged else P.CPU
     profile = P.select(profile, args.objectives, args.seeds)
     out = Path(args.out or ROOT / "docs" / ("study_v2_smoke" if args.quick else "study"))
     page = (

@@ -47,6 +47,9 @@ class Profile:
         sweep_steps (`tuple[int, ...]`): DDPM and DDIM step counts of that sweep.
         sweep_samples (`int`): generated images per FID of the sweep.
         full_bpd (`bool`): also the full bound (N × T calls) at the final step.
+        ode_images (`int`): held-out digits for the exact likelihood by the probability-flow ODE at the final step
+            (0: none).
+        ode_draws (`int`): its dequantisation and probe draws per image.
         bootstrap (`int`): resamples of the generated features for the FID's own noise.
         noise_batches (`int`): minibatches of the loss-estimate noise of the L_vlb runs (uniform vs importance t).
         model_flags (`tuple[str, ...]`): UNet flags of train.py (empty: its default UNet).
@@ -67,6 +70,8 @@ class Profile:
     sweep_steps: tuple[int, ...]
     sweep_samples: int
     full_bpd: bool = False
+    ode_images: int = 0
+    ode_draws: int = 2
     bootstrap: int = 100
     noise_batches: int = 64
     model_flags: tuple[str, ...] = field(default_factory=tuple)
@@ -149,6 +154,27 @@ CPU = Profile(
     sweep_samples=200,
     noise_batches=32,
 )
+# The objectives the claims compare (claims.py); the others stay in the short CPU profile.
+CLAIM_OBJECTIVES = ("eps-simple", "eps-kl", "eps-kl-uniform", "eps-hybrid", "eps-min_snr5")
+CONVERGED = Profile(
+    name="converged",
+    objectives=CLAIM_OBJECTIVES,
+    seeds=(0, 1, 2),
+    steps=2400,
+    batch_size=64,
+    curve_points=(300, 600, 900, 1200, 1800, 2400),
+    curve_objectives=CLAIM_OBJECTIVES,
+    fid_samples=200,
+    sampling_steps=50,
+    bpd_images=128,
+    num_bpd_timesteps=25,
+    sweep_objectives=("eps-simple", "eps-hybrid"),
+    sweep_steps=(10, 25, 50, 100),
+    sweep_samples=200,
+    noise_batches=32,
+    ode_images=128,
+    ode_draws=1,
+)
 LONG = Profile(
     name="long",
     objectives=tuple(OBJECTIVES),
@@ -165,8 +191,9 @@ LONG = Profile(
     sweep_steps=(10, 25, 50, 100, 250, 1000),
     sweep_samples=2000,
     full_bpd=True,
+    ode_images=360,
 )
-PROFILES = {p.name: p for p in (QUICK, CPU, LONG)}
+PROFILES = {p.name: p for p in (QUICK, CPU, CONVERGED, LONG)}
 
 
 def select(profile: Profile, objectives: list[str] | None = None, seeds: list[int] | None = None) -> Profile:

@@ -169,6 +169,9 @@ def measurements(spec: RunSpec) -> list[tuple[str, int, dict]]:
     if spec.name in VLB_OBJECTIVES:
         name = measurement_name("isnoise", step=p.steps, b=p.batch_size, m=p.noise_batches)
         out.append((name, p.steps, {"kind": "isnoise"}))
+    if p.ode_images:
+        name = measurement_name("ode", step=p.steps, img=p.ode_images, draws=p.ode_draws)
+        out.append((name, p.steps, {"kind": "ode"}))
     if p.full_bpd:
         out.append((measurement_name("fullbpd", step=p.steps, img=len_heldout()), p.steps, {"kind": "fullbpd"}))
     unique: dict[str, tuple[str, int, dict]] = {}
@@ -198,6 +201,7 @@ def measure(spec: RunSpec) -> None:
     from ddpm_objectives_hf.training.run_folder import write_json
 
     from .measure import (
+        exact_bpd,
         fast_bpd,
         full_bound,
         load_model,
@@ -227,6 +231,9 @@ def measure(spec: RunSpec) -> None:
             unet, scheduler, _ = model(step)
             result = fast_bpd(unet, scheduler, ref.heldout[: p.bpd_images], num_timesteps=p.num_bpd_timesteps,
                               seed=spec.seed)  # fmt: skip
+        elif kind == "ode":
+            unet, scheduler, _ = model(step)
+            result = exact_bpd(unet, scheduler, ref.heldout[: p.ode_images], draws=p.ode_draws, seed=spec.seed)
         elif kind == "fullbpd":
             unet, scheduler, _ = model(step)
             result = full_bound(unet, scheduler, ref.heldout, seed=spec.seed)
@@ -302,6 +309,8 @@ def network_evaluations(profile: Profile, settings: dict) -> int:
         return settings["num_samples"] * settings["num_steps"]
     if kind == "fullbpd":
         return len_heldout() * 1000
+    if kind == "ode":
+        return profile.ode_images * profile.ode_draws * 500  # RK45 at 1e-5 on the digits models: ~500 calls per solve
     if kind == "isnoise":
         return 10 * 1000 + 2 * profile.noise_batches * profile.batch_size
     return 0
