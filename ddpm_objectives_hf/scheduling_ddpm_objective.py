@@ -17,12 +17,15 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler, DDPMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers looks it up here)
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import ConfigError
 from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, check_choice, check_range
 from .weighting import WeightingFn, evaluate_weighting, weighting_name
+
+logger = logging.get_logger(__name__)
 
 PredictionType = Literal["epsilon", "sample", "v_prediction", "mean"]
 
@@ -44,10 +47,20 @@ LOSS_TYPES: dict[str, str] = {
 }
 VARIANCE_TYPES: dict[str, str] = {
     "fixed_small": "A fixed reverse variance σ_t² = β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t), the posterior variance.",
+    "fixed_small_log": "σ_t² = β̃_t as `fixed_small`, taken through log β̃_t (diffusers' name from "
+    "[Janner et al. 2022](https://arxiv.org/abs/2205.09991)).",
     "fixed_large": "A fixed reverse variance σ_t² = β_t.",
+    "fixed_large_log": "σ_t² = β_t as `fixed_large`, taken through log β_t (GLIDE's `max_log`).",
+    "learned": "A learned reverse variance: the extra output channels are σ_t² itself, as diffusers' `DDPMScheduler` "
+    "reads them (floored at 1e-20).",
     "learned_range": "A learned reverse variance log σ_t² = f log β_t + (1 − f) log β̃_t, f = (v + 1)/2 from extra "
     "output channels ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)).",
 }
+# Variance types whose σ² comes from extra output channels (out_channels = 2 × in_channels), and those equal to β_t.
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+LARGE_VARIANCE_TYPES = ("fixed_large", "fixed_large_log")
+# The floor of a variance before its log (as diffusers' `_get_variance`).
+_VARIANCE_FLOOR = 1e-20
 
 
 # Bounds of numeric options, carried by their annotation and checked by `DDPMObjectiveScheduler.check_options`
@@ -55,7 +68,7 @@ Positive = Annotated[float, POSITIVE]
 NonNegative = Annotated[float, NON_NEGATIVE]
 PositiveInt = Annotated[int, POSITIVE_INT]
 
-# The beta schedules built from `beta_start` and `beta_end` (`squaredcos_cap_v2` is not).
+# The beta schedules built from `beta_start` and `beta_end` (`squaredcos_cap_v2` and `laplace` are not).
 _BETA_RANGE_SCHEDULES = ("linear", "scaled_linear", "sigmoid")
 
 # SNR substituted for 0 (zero terminal SNR) when a weighting is turned into x0-units: w(δ)·δ is the limit SNR → 0.
@@ -87,10 +100,17 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             What the network predicts: the noise ε, the clean sample x0, the velocity ``v = √ᾱ ε − √(1−ᾱ) x0``
             ([Salimans & Ho 2022](https://arxiv.org/abs/2202.00512)) or the posterior mean μ̃ of
             q(x_{t−1} | x_t, x0) (improved-diffusion's ``PREVIOUS_X``).
-        variance_type (`"fixed_small"`, `"fixed_large"` or `"learned_range"`, defaults to `"fixed_small"`):
-            Reverse-step variance: β̃_t, β_t, or interpolated in log space between them by extra output channels
-            ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)); `learned_range` needs a model with
-            ``out_channels = 2 * in_channels``.
+        variance_type (`"fixed_small"`, `"fixed_small_log"`, `"fixed_large"`, `"fixed_large_log"`, `"learned"` or
+            `"learned_range"`, defaults to `"fixed_small"`):
+            Reverse-step variance σ_t²: β̃_t (`fixed_small`, and `fixed_small_log` which diffusers computes through
+            its log), β_t (`fixed_large`, and GLIDE's `fixed_large_log`), or from extra output channels
+            (``out_channels = 2 * in_channels``): `learned_range` interpolates log σ² between log β̃_t and log β_t
+            ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)); `learned` reads the channels as σ² itself,
+            floored at 1e-20. `learned` follows diffusers' `DDPMScheduler.step` (σ = √v), not improved-diffusion's
+            ``LEARNED`` (v = log σ²), so that a model saved with diffusers' scheduler means the same here; to train
+            a variance from scratch prefer `learned_range`, whose output is bounded between the two fixed ones. With
+            the `mse` loss a learned variance stays out of the loss (the mean is trained, the variance channels are
+            left as they are, as diffusers' DeepFloyd IF fine-tuning does).
         loss_type (`"mse"`, `"kl"` or `"hybrid"`, defaults to `"mse"`):
             `mse`: the weighted target MSE. `kl`: the true VLB term (KL for t > 0, decoder NLL at t = 0, in bits/dim,
             scaled by T like improved-diffusion's ``RESCALED_KL``). `hybrid`: the weighted MSE plus
@@ -106,6 +126,20 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         sigma_data (`float` > 0, defaults to 0.5): σ_data of `edm`.
         sigmoid_bias (`float`, defaults to 0.0): bias b of `sigmoid`.
         hybrid_lambda (`float` >= 0, defaults to 0.001): λ of the hybrid loss.
+
+    Every `DDPMScheduler` config loads (``from_config`` in both directions) with the same meaning. The differences
+    from `DDPMScheduler`, all tested against it:
+
+    - `step` computes the posterior of the (respaced) step in float64, from a float64 ᾱ table: diffusers' float32
+      ``alphas_cumprod`` (what `add_noise` uses) where it is a normal float32, the float64 product of the same β_t
+      where the float32 product underflows (a linear 0.01 → 0.2 schedule: ᾱ ≈ 1e-46), so the tables, weights and
+      steps stay finite there;
+    - `step` adds no noise on the last step of a respaced schedule (improved-diffusion's ``p_sample``), where
+      `DDPMScheduler` adds noise whenever that step's t > 0 (e.g. ``steps_offset=1``);
+    - `fixed_large_log` samples with σ² = β_t (`DDPMScheduler.step` takes √(log β_t) there, which is NaN), and a
+      negative `learned` variance is floored at 1e-20 (diffusers: NaN);
+    - configs whose mathematics breaks are refused with the cause: β_t outside (0, 1], or ᾱ_t reaching 0 before the
+      last step (nothing of x0 is left from there on, so the later posteriors are undefined).
     """
 
     @register_to_config
@@ -114,9 +148,11 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         num_train_timesteps: PositiveInt = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
-        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear",
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid"] = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
-        variance_type: Literal["fixed_small", "fixed_large", "learned_range"] = "fixed_small",
+        variance_type: Literal[
+            "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"
+        ] = "fixed_small",
         clip_sample: bool = True,
         prediction_type: PredictionType = "epsilon",
         thresholding: bool = False,
@@ -156,6 +192,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
         self.register_to_config(loss_weighting=name)  # a callable is stored by its registered name
+        self.alphas_cumprod64 = _alphas_cumprod_float64(self.betas, self.alphas_cumprod)
         self._build_tables()
         self._device_tables: dict[tuple, dict[str, torch.Tensor]] = {}
 
@@ -179,8 +216,8 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         Each option present is checked against its annotation in ``cls.__init__``: a ``Literal`` lists the valid
         values; an ``int`` or ``float`` must be a finite number of that kind, within its `Range` if annotated with
         one (`Positive`, `NonNegative`, `PositiveInt`). Then the rules between options: ``0 < beta_start <=
-        beta_end < 1`` for the schedules built from them; `hybrid` needs a `learned_range` variance; a
-        `learned_range` variance needs the `kl` or `hybrid` loss (:meth:`with_learned_variance` chooses one).
+        beta_end < 1`` for the schedules built from them; `hybrid` needs a learned variance (`learned_range` or
+        `learned`). (A learned variance with the `mse` loss is valid: the variance channels stay out of the loss.)
         """
         trained_betas = options.get("trained_betas") is not None
         for name, hint in _option_hints(cls, extras=True).items():
@@ -204,28 +241,29 @@ class DDPMObjectiveScheduler(DDPMScheduler):
                     parameter=parameter,
                 )
         loss_type, variance_type = options.get("loss_type", "mse"), options.get("variance_type", "fixed_small")
-        if loss_type == "hybrid" and variance_type != "learned_range":
+        if loss_type == "hybrid" and variance_type not in LEARNED_VARIANCE_TYPES:
             raise ConfigError(
-                f"loss_type='hybrid' trains a learned variance: it needs variance_type='learned_range', "
+                f"loss_type='hybrid' trains a learned variance: it needs variance_type 'learned_range' or 'learned', "
                 f"got {variance_type!r}",
                 parameter="loss_type",
-            )
-        if loss_type == "mse" and variance_type == "learned_range":
-            raise ConfigError(
-                "variance_type='learned_range' with loss_type='mse' would leave the variance channels untrained; "
-                "use loss_type='hybrid' or 'kl'",
-                parameter="variance_type",
             )
 
     @classmethod
     def with_learned_variance(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``options`` for a model that learns its variance: ``variance_type="learned_range"``, and the hybrid loss
-        ``L_simple + λ · T · L_t`` ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)) where the loss type
-        is `mse` or not given (the MSE alone leaves the variance channels untrained); `kl` and `hybrid` are kept."""
-        options = {**options, "variance_type": "learned_range"}
+        """``options`` for a model that learns its variance: ``variance_type="learned_range"`` (a `learned` one is
+        kept), and the hybrid loss ``L_simple + λ · T · L_t`` ([Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672))
+        where the loss type is `mse` or not given (the MSE alone leaves the variance channels untrained); `kl` and
+        `hybrid` are kept."""
+        learned = options.get("variance_type") if options.get("variance_type") in LEARNED_VARIANCE_TYPES else None
+        options = {**options, "variance_type": learned or "learned_range"}
         if options.get("loss_type", "mse") == "mse":
             options["loss_type"] = "hybrid"
         return options
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether σ_t² comes from the model's extra output channels (``out_channels = 2 × in_channels``)."""
+        return self.config.variance_type in LEARNED_VARIANCE_TYPES
 
     # ------------------------------------------------------------------ per-timestep tables (float64, length T)
     def _build_tables(self) -> None:
@@ -234,9 +272,11 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         The schedule is diffusers' own ``alphas_cumprod`` (the ᾱ_t that `add_noise` and `step` use); every derived
         quantity (β_t = 1 − ᾱ_t/ᾱ_{t−1}, SNR, posterior, weights) is computed from it in float64, so the objective
         is exact for the forward process the model is trained on (at small t, 1 − ᾱ_t from a float32 cumprod
-        differs from the float64 one by ~1e-4 relative, which the KL terms would otherwise feel).
+        differs from the float64 one by ~1e-4 relative, which the KL terms would otherwise feel). Where the float32
+        product underflows, ᾱ_t is the float64 product (:attr:`alphas_cumprod64`).
         """
-        ac = self.alphas_cumprod.double()
+        ac = self.alphas_cumprod64
+        _check_schedule(ac, self.betas, self.config)
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
         coef1, coef2, post_var, betas = _posterior_coefficients(ac, ac_prev)
         # β̃ at t = 0 is 0; the clipped log-variance reuses β̃ at t = 1 there (improved-diffusion).
@@ -255,7 +295,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             "log_betas": log_betas,
             "log_betas_raw": torch.log(betas),
         }
-        fixed_logvar = log_betas if self.config.variance_type == "fixed_large" else post_logvar_clipped
+        fixed_logvar = log_betas if self.config.variance_type in LARGE_VARIANCE_TYPES else post_logvar_clipped
         t["model_log_variance_fixed"] = fixed_logvar
         self._tables = t
 
@@ -348,11 +388,14 @@ class DDPMObjectiveScheduler(DDPMScheduler):
     def model_log_variance(
         self, timesteps: torch.Tensor, like: torch.Tensor, variance_values: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """log σ_t² of p_θ(x_{t−1} | x_t): fixed (β̃_t clipped or β_t), or for `learned_range`
-        ``f · log β_t + (1 − f) · log β̃_t`` with ``f = (v + 1) / 2``."""
-        if self.config.variance_type == "learned_range":
-            if variance_values is None:
-                raise ValueError("variance_type='learned_range' needs the model's variance channels")
+        """log σ_t² of p_θ(x_{t−1} | x_t): fixed (β̃_t clipped or β_t), for `learned_range`
+        ``f · log β_t + (1 − f) · log β̃_t`` with ``f = (v + 1) / 2``, for `learned` ``log max(v, 1e-20)``."""
+        variance_type = self.config.variance_type
+        if variance_type in LEARNED_VARIANCE_TYPES and variance_values is None:
+            raise ValueError(f"variance_type={variance_type!r} needs the model's variance channels")
+        if variance_type == "learned":
+            return torch.log(variance_values.clamp(min=_VARIANCE_FLOOR))
+        if variance_type == "learned_range":
             frac = (variance_values + 1) / 2
             min_log = self._table("posterior_log_variance_clipped", timesteps, like)
             max_log = self._table("log_betas_raw", timesteps, like)
@@ -454,13 +497,14 @@ class DDPMObjectiveScheduler(DDPMScheduler):
 
     # ------------------------------------------------------------------ model output
     def split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):
-        """``(prediction, variance_values)``: split off the variance channels of a `learned_range` model."""
+        """``(prediction, variance_values)``: split off the variance channels of a learned-variance model."""
         channels = sample.shape[1]
-        if self.config.variance_type == "learned_range":
+        variance_type = self.config.variance_type
+        if variance_type in LEARNED_VARIANCE_TYPES:
             if model_output.shape[1] != 2 * channels:
                 raise ValueError(
-                    f"variance_type='learned_range' needs a model with out_channels = 2 * {channels} = {2 * channels} "
-                    f"(prediction + variance), got {model_output.shape[1]} channels"
+                    f"variance_type={variance_type!r} needs a model with out_channels = 2 * {channels} = "
+                    f"{2 * channels} (prediction + variance), got {model_output.shape[1]} channels"
                 )
             # one `split` (not two slices): when both parts get gradients, autograd joins them in one node instead
             # of zero-filling a full-size gradient per slice and adding the two
@@ -469,7 +513,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         if model_output.shape[1] != channels:
             raise ValueError(
                 f"variance_type={self.config.variance_type!r} needs a model with out_channels = {channels}, got "
-                f"{model_output.shape[1]} (use variance_type='learned_range' for 2 * {channels})"
+                f"{model_output.shape[1]} (use variance_type 'learned_range' or 'learned' for 2 * {channels})"
             )
         return model_output, None
 
@@ -515,7 +559,7 @@ class DDPMObjectiveScheduler(DDPMScheduler):
             model_mean = prediction
         else:
             model_mean = self.posterior_mean(pred_x0, xt, timesteps)
-        fixed_variance = variance_values is None and self.config.variance_type != "learned_range"
+        fixed_variance = variance_values is None and self.config.variance_type not in LEARNED_VARIANCE_TYPES
         if fixed_variance:
             # a fixed variance is one number per sample: keep it [N, 1, ...] so that exp/log run on N values, not on
             # every element (broadcasting gives the same value per element); expanded only for the returned dict
@@ -591,6 +635,8 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         loss_type = self.config.loss_type
         # split the (upcast) output once: the mse and the VLB share the split, so its backward is one node
         prediction, variance_values = self.split_model_output(_upcast(model_output), x0)
+        if loss_type == "mse" and variance_values is not None:
+            _say_variance_untrained(self.config.variance_type)
         terms: dict[str, torch.Tensor] = {}
         if loss_type in ("mse", "hybrid"):
             target = self.get_target(x0, noise, timesteps, noisy_samples=xt)
@@ -649,8 +695,8 @@ class DDPMObjectiveScheduler(DDPMScheduler):
 
         # 3. posterior q(x_prev | x_t, x̂0) of the (possibly respaced) step t → prev_t, in float64: with
         #    β = 1 − ᾱ_t/ᾱ_prev, μ̃ = coef1 x̂0 + coef2 x_t and β̃ = β (1 − ᾱ_prev)/(1 − ᾱ_t)
-        alpha_prod_t = self.alphas_cumprod[t].double()
-        alpha_prod_prev = self.alphas_cumprod[prev_t].double() if prev_t >= 0 else torch.ones((), dtype=torch.float64)
+        alpha_prod_t = self.alphas_cumprod64[t]
+        alpha_prod_prev = self.alphas_cumprod64[prev_t] if prev_t >= 0 else torch.ones((), dtype=torch.float64)
         coef1, coef2, posterior_variance, beta = _posterior_coefficients(alpha_prod_t, alpha_prod_prev)
         pred_prev_sample = coef1.to(sample.dtype) * pred_original_sample + coef2.to(sample.dtype) * sample
 
@@ -671,13 +717,17 @@ class DDPMObjectiveScheduler(DDPMScheduler):
         return DDPMSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
 
     def _step_log_variance(self, beta, posterior_variance, predicted_variance):
-        """log σ² of one (respaced) step in float64: log β̃ (`fixed_small`), log β (`fixed_large`), or
-        ``f · log β + (1 − f) · log β̃`` with ``f = (v + 1)/2`` (`learned_range`); β̃ floored at 1e-20 as diffusers."""
+        """log σ² of one (respaced) step in float64: log β̃ (`fixed_small`, `fixed_small_log`), log β (`fixed_large`,
+        `fixed_large_log`), ``f · log β + (1 − f) · log β̃`` with ``f = (v + 1)/2`` (`learned_range`) or log v
+        (`learned`); β̃ and v floored at 1e-20 as diffusers."""
+        variance_type = self.config.variance_type
         log_beta = torch.log(beta)
-        log_posterior = torch.log(posterior_variance.clamp(min=1e-20))
-        if self.config.variance_type == "fixed_large":
+        log_posterior = torch.log(posterior_variance.clamp(min=_VARIANCE_FLOOR))
+        if variance_type in LARGE_VARIANCE_TYPES:
             return log_beta
-        if self.config.variance_type == "learned_range":
+        if variance_type == "learned":
+            return torch.log(predicted_variance.double().clamp(min=_VARIANCE_FLOOR))
+        if variance_type == "learned_range":
             frac = (predicted_variance.double() + 1) / 2
             return frac * log_beta + (1 - frac) * log_posterior
         return log_posterior
@@ -721,6 +771,48 @@ def convert_prediction(
     if to_type == "v_prediction":
         return a * eps - s * x0
     return coef1 * x0 + coef2 * xt
+
+
+@functools.cache
+def _say_variance_untrained(variance_type: str) -> None:
+    logger.warning(
+        f"variance_type={variance_type!r} with loss_type='mse': the mean is trained, the variance channels stay out of "
+        "the loss (use loss_type 'hybrid' or 'kl' to train them)"
+    )
+
+
+def _alphas_cumprod_float64(betas: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t in float64: diffusers' float32 ``alphas_cumprod`` (what `add_noise` uses) where it is a normal float32, and
+    the float64 product of the same β_t where the float32 product has underflowed."""
+    float32_table = alphas_cumprod.double()
+    float64_product = torch.cumprod(1.0 - betas.double(), dim=0)
+    return torch.where(float32_table >= torch.finfo(torch.float32).tiny, float32_table, float64_product)
+
+
+def _check_schedule(alphas_cumprod: torch.Tensor, betas: torch.Tensor, config: Mapping[str, Any]) -> None:
+    """Raise a `ConfigError` where the schedule's mathematics breaks: some β_t outside (0, 1], or ᾱ_t = 0 before the
+    last step (x_t holds nothing of x0 from there on: the later steps' posteriors q(x_{t−1} | x_t, x0) are
+    undefined). ᾱ_T = 0 (zero terminal SNR) is valid."""
+    parameter = "trained_betas" if config.get("trained_betas") is not None else "beta_schedule"
+    source = (
+        "trained_betas"
+        if parameter == "trained_betas"
+        else f"the schedule ({', '.join(f'{k}={config.get(k)!r}' for k in ('beta_schedule', 'beta_start', 'beta_end'))})"
+    )
+    b = betas.double()
+    bad = ~((b > 0) & (b <= 1))
+    if bad.any():
+        t = int(bad.nonzero()[0])
+        raise ConfigError(f"{parameter}: {source} has β_{t} = {float(b[t])!r}; every β_t must be in (0, 1]",
+                          parameter=parameter)  # fmt: skip
+    early_zero = (alphas_cumprod[:-1] <= 0).nonzero()
+    if len(early_zero):
+        t = int(early_zero[0])
+        raise ConfigError(
+            f"{parameter}: {source} makes ᾱ_{t} = 0 before the last step t = {len(alphas_cumprod) - 1} (even in float64): "
+            "nothing of x0 is left in x_t from there on, so the later steps' posteriors are undefined",
+            parameter=parameter,
+        )
 
 
 def _posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: torch.Tensor):

@@ -268,7 +268,7 @@ def evaluate(args: EvalArguments) -> dict:
         raise ConfigError(f"--num_bpd_timesteps must be between 2 and T = {T}, got {args.num_bpd_timesteps}")
     resolution = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
     channels = unet.config.in_channels
-    expected_out = 2 * channels if scheduler.config.variance_type == "learned_range" else channels
+    expected_out = 2 * channels if scheduler.learned_variance else channels
     if unet.config.out_channels != expected_out:
         raise ConfigError(
             f"MODEL_DIR: the UNet has {unet.config.out_channels} output channels but variance_type="

@@ -678,9 +678,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
 
     # 2. Model ε_θ(x_t, t[, y]): a UNet with sinusoidal time embedding (and a class embedding), its EMA, optimizer
     # and LR schedule
-    learned_variance = scheduler.config.variance_type == "learned_range"
     model = build_unet(
-        model_args, resolution, stream.channels, learned_variance, classes.num_class_embeds if classes else None
+        model_args,
+        resolution,
+        stream.channels,
+        scheduler.learned_variance,
+        classes.num_class_embeds if classes else None,
     )
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -320,7 +320,7 @@ def test_mean_model_samples_the_epsilon_trajectory(num_inference_steps, variance
         ({"prediction_type": "x_start"}, "prediction_type"),
         ({"loss_type": "l1"}, "loss_type"),
         ({"loss_weighting": "no_such_weighting"}, "loss_weighting"),
-        ({"variance_type": "learned"}, "variance_type"),
+        ({"variance_type": "other"}, "variance_type"),
         ({"snr_gamma": 0.0}, "snr_gamma"),
         ({"snr_gamma": -1.0}, "snr_gamma"),
         ({"p2_gamma": 0.0}, "p2_gamma"),
@@ -330,8 +330,9 @@ def test_mean_model_samples_the_epsilon_trajectory(num_inference_steps, variance
         ({"sigma_data": float("nan")}, "sigma_data"),
         ({"loss_type": "hybrid", "variance_type": "fixed_small"}, "hybrid"),
         ({"loss_type": "hybrid", "variance_type": "fixed_small"}, "learned_range"),
-        ({"loss_type": "mse", "variance_type": "learned_range"}, "learned_range"),
-        ({"loss_type": "mse", "variance_type": "learned_range"}, "mse"),
+        ({"trained_betas": [0.1, 1.5, 0.2]}, r"trained_betas: .*β_1 = 1.5; every β_t must be in \(0, 1\]"),
+        ({"trained_betas": [0.1, 0.0, 0.2]}, r"trained_betas: .*β_1 = 0.0"),
+        ({"trained_betas": [0.1, 1.0, 0.2]}, r"trained_betas: .*ᾱ_1 = 0 before the last step t = 2"),
     ],
 )
 def test_invalid_options_raise(kwargs, option):

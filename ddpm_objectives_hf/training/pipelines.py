@@ -30,7 +30,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DMode
 
 from ..errors import PipelineError
 from ..pipeline_ddpm_objective import REMOTE_CODE_FILE, DDPMObjectivePipeline
-from ..scheduling_ddpm_objective import VARIANCE_TYPES, DDPMObjectiveScheduler
+from ..scheduling_ddpm_objective import DDPMObjectiveScheduler
 
 OBJECTIVE_FILE = "objective.json"
 
@@ -74,11 +74,7 @@ def needs_remote_code(scheduler: DDPMObjectiveScheduler, num_classes: int | None
     """Whether the model is sampled (and saved) with :class:`DDPMObjectivePipeline`, loaded with
     ``trust_remote_code=True``: a learned variance (`DDPMPipeline` with DDIM or DPM-Solver would read its variance
     channels as part of the prediction), a target `DDPMScheduler` lacks (`mean`), or class conditioning."""
-    return (
-        num_classes is not None
-        or scheduler.config.variance_type == "learned_range"
-        or bool(_outside_ddpm_scheduler(scheduler))
-    )
+    return num_classes is not None or scheduler.learned_variance or bool(_outside_ddpm_scheduler(scheduler))
 
 
 def _check_classes(unet: UNet2DModel, num_classes: int | None, null_class_label: int | None) -> None:
@@ -205,8 +201,8 @@ def load_for_evaluation(
     rebuilt from the saved scheduler config, then the pipeline config's ``prediction_type`` (the model's true
     target), then ``objective.json`` (which wins; its keys that ``scheduler_class.__init__`` does not take are the
     run's extra information). A pipeline trained elsewhere has no ``objective.json``: it is evaluated with its own
-    target and variance and the default loss options (a variance diffusers has and this package not is
-    `fixed_small`; a `learned_range` variance gets the loss of :meth:`~DDPMObjectiveScheduler.with_learned_variance`).
+    target and variance type (every variance type of `DDPMScheduler`, nothing substituted) and the default loss
+    options.
 
     Args:
         model_dir (`str`): a pipeline folder or Hub model id.
@@ -276,10 +272,6 @@ def load_for_evaluation(
     if index.get("prediction_type") is not None:  # a DDPMObjectivePipeline's true target
         config["prediction_type"] = index["prediction_type"]
     config.update({k: v for k, v in objective.items() if k in names})
-    if config.get("variance_type") not in VARIANCE_TYPES:
-        config["variance_type"] = "fixed_small"
-    if config["variance_type"] == "learned_range":
-        config = scheduler_class.with_learned_variance(config)
     objective_scheduler = scheduler_class.from_config(config)
     extra = {k: v for k, v in objective.items() if k not in names}
     conditioning = {"num_classes": num_classes, "null_class_label": null_class_label}
