@@ -36,31 +36,44 @@ REMOTE_CODE_FILE = "pipeline.py"
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
-def _timestep_index(timestep: torch.Tensor | int, num_train_timesteps: int) -> int:
-    """The training timestep ``t`` as an index into ``alphas_cumprod`` (a conversion needs an integer t)."""
-    value = float(timestep)
-    if not value.is_integer() or not 0 <= value < num_train_timesteps:
-        raise ValueError(
-            f"timestep {value:g}: converting a prediction needs an integer training timestep in 0 … "
-            f"{num_train_timesteps - 1}; use a scheduler with integer timesteps (DDPM, DDIM, DPM-Solver, ...)"
-        )
-    return int(value)
+def alpha_bar_at(alphas_cumprod: torch.Tensor, timestep: float) -> torch.Tensor:
+    """ᾱ at a training timestep t in [−1, T − 1] (float64; ᾱ_{−1} = 1), fractional t included.
+
+    Between integer steps, log σ (σ² = (1 − ᾱ)/ᾱ) is linear in t: the inverse of the ``_sigma_to_t`` by which diffusers'
+    Karras-style schedulers (KDPM2, DPM-Solver-SDE, ...) turn a σ between two training noise levels into a float t.
+    Where an end has ᾱ = 0 (zero terminal SNR) or t < 0, √ᾱ is linear instead.
+    """
+    table = alphas_cumprod.detach().cpu().double()  # float64 on the CPU (mps has none)
+    last = len(table) - 1
+    if not -1 <= timestep <= last:
+        raise ValueError(f"timestep {timestep:g} is outside the training schedule 0 … {last}")
+    if float(timestep).is_integer():
+        return table[int(timestep)] if timestep >= 0 else torch.ones((), dtype=torch.float64)
+    low = math.floor(timestep)
+    w = timestep - low
+    a_low = table[low] if low >= 0 else torch.ones((), dtype=torch.float64)
+    a_high = table[low + 1]
+    if low >= 0 and 0 < a_low < 1 and 0 < a_high < 1:
+        log_sigma = (1 - w) * 0.5 * torch.log((1 - a_low) / a_low) + w * 0.5 * torch.log((1 - a_high) / a_high)
+        return 1.0 / (1.0 + torch.exp(2 * log_sigma))
+    return ((1 - w) * a_low.sqrt() + w * a_high.sqrt()) ** 2
 
 
 def convert_prediction(
     prediction: torch.Tensor,
     sample: torch.Tensor,
-    timestep: torch.Tensor | int,
+    timestep: torch.Tensor | float,
     alphas_cumprod: torch.Tensor,
     from_type: str,
     to_type: str,
+    clip_sample_range: float | None = None,
 ) -> torch.Tensor:
     """Convert a prediction of one target into another, through the same x_t at training timestep t.
 
     With a = √ᾱ_t, s = √(1 − ᾱ_t): x_t = a x0 + s ε, v = a ε − s x0 (so ε = a v + s x_t, x0 = a x_t − s v), and
     μ̃ = c1 x0 + c2 x_t with the posterior coefficients of the training schedule c1 = √ᾱ_{t−1} β_t / (1 − ᾱ_t),
-    c2 = √(1 − β_t) (1 − ᾱ_{t−1}) / (1 − ᾱ_t), β_t = 1 − ᾱ_t / ᾱ_{t−1} (ᾱ_{−1} = 1). Coefficients are computed in
-    float64 from ``alphas_cumprod`` and applied in the sample's dtype.
+    c2 = √(1 − β_t) (1 − ᾱ_{t−1}) / (1 − ᾱ_t), β_t = 1 − ᾱ_t / ᾱ_{t−1}. Coefficients are computed in float64 from
+    ``alphas_cumprod`` (at a fractional t by :func:`alpha_bar_at`) and applied in the sample's dtype.
 
     These are the formulas of ``DDPMObjectiveScheduler.convert_prediction`` in ddpm-objectives-hf, repeated here
     because this file must run without that package (tests/test_pipeline.py checks that the two agree).
@@ -68,10 +81,12 @@ def convert_prediction(
     Args:
         prediction (`torch.Tensor`): the prediction, of type ``from_type``.
         sample (`torch.Tensor`): x_t.
-        timestep (`torch.Tensor` or `int`): the training timestep t (one for the batch).
+        timestep (`torch.Tensor` or `float`): the training timestep t (one for the batch; fractional allowed).
         alphas_cumprod (`torch.Tensor`): ᾱ of the training schedule (a diffusers scheduler's ``alphas_cumprod``).
         from_type (`str`): `"epsilon"`, `"sample"`, `"v_prediction"` or `"mean"`.
         to_type (`str`): `"epsilon"`, `"sample"`, `"v_prediction"` or `"mean"`.
+        clip_sample_range (`float`, *optional*): clip the implied x0 to [−r, r] before converting on (as DDPM's
+            ``clip_sample``); `None` converts exactly.
 
     Returns:
         `torch.Tensor`: the prediction of type ``to_type``.
@@ -79,12 +94,10 @@ def convert_prediction(
     for name, value in (("from_type", from_type), ("to_type", to_type)):
         if value not in MODEL_PREDICTION_TYPES:
             raise ValueError(f"{name} must be one of {', '.join(MODEL_PREDICTION_TYPES)}, got {value!r}")
-    if from_type == to_type:
+    if from_type == to_type and clip_sample_range is None:
         return prediction
-    t = _timestep_index(timestep, len(alphas_cumprod))
-    table = alphas_cumprod.detach().cpu().double()  # float64 on the CPU (mps has none)
-    ac = table[t]
-    ac_prev = table[t - 1] if t > 0 else torch.ones((), dtype=torch.float64)
+    t = float(timestep)
+    ac, ac_prev = alpha_bar_at(alphas_cumprod, t), alpha_bar_at(alphas_cumprod, max(t - 1, -1.0))
     beta = 1.0 - ac / ac_prev
     coefficients = {
         "a": ac.sqrt(),
@@ -101,6 +114,9 @@ def convert_prediction(
         x0, eps = a * xt - s * prediction, a * prediction + s * xt
     else:
         x0 = prediction if from_type == "sample" else (prediction - c2 * xt) / c1
+        eps = (xt - a * x0) / s
+    if clip_sample_range is not None:
+        x0 = x0.clamp(-clip_sample_range, clip_sample_range)
         eps = (xt - a * x0) / s
     if to_type == "epsilon":
         return eps
@@ -335,6 +351,7 @@ class DDPMObjectivePipeline(DiffusionPipeline):
             image = randn_tensor(shape, generator=generator, dtype=self.unet.dtype).to(device)
         else:
             image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        self.scheduler.set_timesteps(num_inference_steps)  # first: init_noise_sigma (Euler, LMS, ...) depends on it
         image = image * self.scheduler.init_noise_sigma
         labels = self._labels(class_labels, batch_size, device)
         if guided:
@@ -345,8 +362,10 @@ class DDPMObjectivePipeline(DiffusionPipeline):
             step_kwargs["generator"] = generator
         channels = self.unet.config.in_channels
         model_target = self.config.prediction_type
+        # a μ̃ model's x̂0 = (μ̂ − c2 x_t)/c1 divides by c1 ≈ 1e-4 at high t: clipped to the data range as DDPM's step
+        # does, else its error reaches ε̂ 1e4-fold (and schedulers that do not clip x̂0 diverge)
+        clip_range = getattr(self.scheduler.config, "clip_sample_range", 1.0) if model_target == "mean" else None
 
-        self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(image, t)
             unet_input = torch.cat([model_input, model_input]) if guided else model_input
@@ -360,7 +379,7 @@ class DDPMObjectivePipeline(DiffusionPipeline):
                 prediction = uncond + guidance_scale * (cond - uncond)
                 variance = variance.chunk(2)[0]  # the conditional branch's variance
             prediction = convert_prediction(
-                prediction, model_input, t, self.scheduler.alphas_cumprod, model_target, scheduler_target
+                prediction, model_input, t, self.scheduler.alphas_cumprod, model_target, scheduler_target, clip_range
             )
             if self.learned_variance and self._scheduler_takes_variance():
                 prediction = torch.cat([prediction, variance], dim=1)

@@ -278,7 +278,8 @@ def evaluate(args: EvalArguments) -> dict:
     images = images.to(device)
     report: dict = {
         "model_dir": args.model_dir,
-        "objective": objective or {k: scheduler.config[k] for k in ("prediction_type", "variance_type")},
+        # the target and variance type the bound is computed under, named for a model trained elsewhere too
+        "objective": {**objective, **{k: scheduler.config[k] for k in ("prediction_type", "variance_type")}},
         "data": {
             "dataset": args.dataset_name or args.train_data_dir or "sklearn-digits",
             "split": args.split,

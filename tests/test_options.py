@@ -234,17 +234,23 @@ def test_saved_keys_are_the_config_minus_ddpm_schedulers(tmp_path: Path):
     assert info["p2_k"] == 2.0 and info["num_train_timesteps"] == 20
 
 
-def test_learned_variance_pipeline_from_elsewhere_gets_the_hybrid_loss(tmp_path: Path):
+@pytest.mark.parametrize("variance_type", ["learned_range", "learned", "fixed_large_log", "fixed_small_log"])
+def test_a_pipeline_from_elsewhere_keeps_its_variance_type(tmp_path: Path, variance_type: str):
+    """Evaluated under the model's own variance type (nothing substituted); the loss options are the defaults."""
+    learned = variance_type.startswith("learned")
     pipeline = DDPMPipeline(
-        unet=tiny_unet(2), scheduler=DDPMScheduler(num_train_timesteps=20, variance_type="learned_range")
+        unet=tiny_unet(2 if learned else 1),
+        scheduler=DDPMScheduler(num_train_timesteps=20, variance_type=variance_type),
     )
     pipeline.save_pretrained(tmp_path)
     _, scheduler, _ = load_for_evaluation(str(tmp_path))
-    assert scheduler.config.variance_type == "learned_range" and scheduler.config.loss_type == "hybrid"
+    assert scheduler.config.variance_type == variance_type
+    assert scheduler.learned_variance == learned and scheduler.config.loss_type == "mse"
     assert DDPMObjectiveScheduler.with_learned_variance({"loss_type": "mse"}) == {
         "loss_type": "hybrid",
         "variance_type": "learned_range",
     }
+    assert DDPMObjectiveScheduler.with_learned_variance({"variance_type": "learned"})["variance_type"] == "learned"
 
 
 def test_choices_come_from_the_literals(tilted_registered):
