@@ -298,3 +298,26 @@ def test_missing_feature_network_offline(tiny_pipeline, tmp_path, capsys, monkey
     monkeypatch.setenv("DDPM_OBJECTIVES_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
     assert run_eval(tiny_pipeline, tmp_path, "--fid_features", "inception", "--no_full_bpd") == 2
     assert "--fid_features" in capsys.readouterr().err
+
+
+def test_a_plain_diffusers_pipeline_is_evaluated_under_its_own_variance_type(tmp_path):
+    """A `DDPMPipeline` built here with google/ddpm-cifar10-32's scheduler config (linear 1e-4 → 0.02, fixed_large,
+    clip_sample) and its other variance types: the report names the model's own variance type, `fixed_large_log`
+    means `fixed_large` (same bound), and neither is scored as `fixed_small` (another bound)."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from tests.tiny import tiny_unet
+
+    bounds = {}
+    for variance_type in ("fixed_large", "fixed_large_log", "fixed_small"):
+        scheduler = DDPMScheduler(num_train_timesteps=20, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                  variance_type=variance_type, clip_sample=True)  # fmt: skip
+        folder = tmp_path / variance_type
+        DDPMPipeline(unet=tiny_unet(1), scheduler=scheduler).save_pretrained(folder)
+        assert run_eval(folder, tmp_path / f"eval-{variance_type}", "--no_ode_bpd", "--fid_features", "none") == 0
+        report = json.loads((tmp_path / f"eval-{variance_type}" / "eval" / "report.json").read_text())
+        assert report["objective"]["variance_type"] == variance_type
+        assert report["objective"]["prediction_type"] == "epsilon"
+        bounds[variance_type] = report["bpd_full"]["bpd"]
+    assert bounds["fixed_large_log"] == pytest.approx(bounds["fixed_large"], abs=1e-9)
+    assert abs(bounds["fixed_small"] - bounds["fixed_large"]) > 0.05
