@@ -270,7 +270,7 @@ def _fake_results(objectives=("eps-simple", "eps-kl", "eps-kl-uniform", "eps-hyb
     1 lower than eps-simple's with small seed noise (a claim that must hold), its FID higher by 10 (holds), the
     hybrid's bits/dim equal to eps-simple's up to noise larger than the difference (not resolved)."""
     p = replace(profiles.QUICK, objectives=tuple(objectives), seeds=tuple(range(seeds)),
-                curve_objectives=("eps-simple", "eps-min_snr5", "eps-hybrid"))  # fmt: skip
+                curve_objectives=("eps-simple", "eps-min_snr5", "eps-hybrid"), ode_images=8)  # fmt: skip
     rng = random.Random(0)
     base_bpd = {"eps-simple": 5.0, "eps-kl": 4.0, "eps-kl-uniform": 4.3, "eps-hybrid": 5.0, "eps-min_snr5": 6.0}
     base_fid = {"eps-simple": 30.0, "eps-kl": 40.0, "eps-kl-uniform": 42.0, "eps-hybrid": 31.0, "eps-min_snr5": 28.0}
@@ -286,6 +286,11 @@ def _fake_results(objectives=("eps-simple", "eps-kl", "eps-kl-uniform", "eps-hyb
                 if settings["kind"] == "bpd":
                     noise = rng.gauss(0, 0.5 if name == "eps-hybrid" else 0.02)
                     e.update(bpd=base_bpd[name] + noise + (1 - frac), stderr=0.05)
+                elif (
+                    settings["kind"] == "ode"
+                ):  # the exact likelihood: 0.3 below eps-simple's bound, 0.05 below L_vlb's
+                    gap = 0.05 if "kl" in name else 0.3
+                    e.update(bpd=base_bpd[name] - gap + rng.gauss(0, 0.01), stderr=0.05)
                 elif settings["kind"] == "fid":
                     k = settings["num_steps"]
                     penalty = (50 if name == "eps-simple" else 5) / k
@@ -327,6 +332,31 @@ def test_claims_from_fake_results():
     assert claims.memorization_checks(results)[0]["verdict"] == stats.UNRESOLVED
 
 
+def test_exact_likelihood_claims_gaps_and_plateau():
+    results = _fake_results()
+    by_id = {c["id"]: c for c in claims.claims(results)}
+    assert by_id["ho-nll-exact"]["verdict"] == stats.HOLDS  # 4.25 vs 4.7
+    assert by_id["ho-nll-exact"]["estimate"]["mean"] == pytest.approx(4.25 - 4.7, abs=0.05)
+    gaps = {g["objective"]: g for g in claims.bound_gaps(results)}
+    assert gaps["eps-simple"]["gap"]["mean"] == pytest.approx(0.3, abs=0.05)
+    assert gaps["eps-kl"]["gap"]["mean"] == pytest.approx(0.05, abs=0.05)
+    # fake curves fall by 1 bit/dim × (1 − step/steps): the last quarter moves 0.25 > 0.05, so no plateau
+    flat = {f["objective"]: f for f in claims.plateau(results)}
+    assert set(flat) == {"eps-simple", "eps-min_snr5", "eps-hybrid"}
+    assert flat["eps-simple"]["bpd_change"]["mean"] == pytest.approx(-0.25, abs=0.05)
+    assert not flat["eps-simple"]["flat"]
+
+
+def test_seeds_to_resolve_is_the_smallest_n_whose_interval_clears_zero():
+    # mean 1, s = 1: t_{.975, n−1} / √n < 1 first at n = 7 (2.447 / 2.646 = 0.92; n = 6: 2.571 / 2.449 = 1.05)
+    assert stats.seeds_to_resolve({"mean": 1.0, "std": 1.0}) == 7
+    assert stats.seeds_to_resolve({"mean": -1.0, "std": 1.0}) == 7
+    assert stats.seeds_to_resolve({"mean": 0.0, "std": 1.0}) is None
+    assert stats.seeds_to_resolve({"mean": 1e-6, "std": 1.0}) is None  # beyond 1,000 seeds
+    unresolved = [c for c in claims.claims(_fake_results()) if c["verdict"] == stats.UNRESOLVED]
+    assert unresolved and all("seeds_to_resolve" in c for c in unresolved)
+
+
 def test_page_from_fake_results(tmp_path: Path):
     results = _fake_results()
     out = page.write_page(results, tmp_path / "figs", tmp_path / "study.md")
@@ -339,11 +369,13 @@ def test_page_from_fake_results(tmp_path: Path):
         "importance",
         "memorization",
         "closest_pairs",
+        "exact_likelihood",
     ):
         assert (tmp_path / "figs" / f"{figure}.png").is_file()
         assert f"(figs/{figure}.png)" in text
     assert "| [Ho et al. 2020](https://arxiv.org/abs/2006.11239) | Training on the true bound" in text
     assert "**holds**" in text and "## Discussion" in text and "Incomplete" not in text
+    assert "## The exact likelihood beside the bound" in text and "**Plateau.**" in text
     # partial results: one objective only, one seed: the page is still written, the rest "not run"
     partial = _fake_results(objectives=("eps-simple",), seeds=1)
     partial["profile"]["objectives"] = list(profiles.QUICK.objectives)

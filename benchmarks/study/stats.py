@@ -69,6 +69,19 @@ def verdict(interval: Mapping, expected_sign: int) -> str:
     return UNRESOLVED
 
 
+def seeds_to_resolve(interval: Mapping, confidence: float = 0.95, most: int = 1000) -> int | None:
+    """The number of seeds at which a paired difference with the measured mean and seed-to-seed spread would have
+    its t-interval clear of 0: the smallest n with ``t_{(1+c)/2, n−1} · s / √n < |mean|`` (``None`` without a
+    spread or beyond ``most`` seeds: not resolvable at any size worth running)."""
+    mean, std = interval.get("mean"), interval.get("std")
+    if not (_finite(mean) and _finite(std)) or std <= 0 or mean == 0:
+        return None
+    for n in range(2, most + 1):
+        if t_quantile(confidence, n - 1) * std / math.sqrt(n) < abs(mean):
+            return n
+    return None
+
+
 def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float) -> tuple[float | None, str]:
     """The first training step at which a decreasing-is-better curve reaches ``target``, interpolated linearly
     between the two curve points around the first crossing.
