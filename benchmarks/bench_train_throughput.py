@@ -11,7 +11,7 @@
   ``F.mse_loss``, ``accelerator.backward``, ``clip_grad_norm_``, the LR scheduler step and
   ``loss.detach().item()`` + progress bar + ``accelerator.log`` every step;
 * candidate: ``scripts/train.py``'s ``train()`` itself, run in-process on the same data (the embedded digits), the
-  same UNet (``build_unet`` of train.py), batch size, optimizer hyper-parameters, EMA and LR schedule.
+  same UNet (``build_model`` of train.py), batch size, optimizer hyper-parameters, EMA and LR schedule.
 
 What is timed: only the training loop. Both are measured the same way, in windows of ``--window`` optimizer steps
 (train.py's own ``images_per_s`` of each logging window, read back from its ``loss_history.json``; the baseline
@@ -73,7 +73,7 @@ def run_baseline(args, seed: int) -> dict:
     from tqdm.auto import tqdm
 
     from ddpm_objectives_hf.training.data import OnTheFlyTransform, digits_dataset
-    from scripts.train import ModelArguments, build_unet
+    from scripts.train import ModelArguments, build_model
 
     out = tempfile.mkdtemp(prefix="bench-baseline-")
     # train.py flushes denormals on CPU, process-wide; the diffusers example does not: restore torch's default
@@ -86,7 +86,7 @@ def run_baseline(args, seed: int) -> dict:
         project_config=ProjectConfiguration(project_dir=out, logging_dir=os.path.join(out, "logs")),
     )
     set_seed(seed)
-    model = build_unet(
+    model = build_model(
         ModelArguments(block_out_channels=list(args.block_out_channels), layers_per_block=args.layers_per_block),
         args.resolution,
         args.channels,
@@ -224,11 +224,11 @@ def run_unet_only(args, seed: int) -> dict:
     data, optimizer, clipping or EMA (denormals flushed as train.py does); what no training loop can beat."""
     from diffusers import DDPMScheduler
 
-    from scripts.train import ModelArguments, build_unet
+    from scripts.train import ModelArguments, build_model
 
     torch.manual_seed(seed)
     torch.set_flush_denormal(True)
-    model = build_unet(
+    model = build_model(
         ModelArguments(block_out_channels=list(args.block_out_channels), layers_per_block=args.layers_per_block),
         args.resolution,
         args.channels,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -127,6 +127,16 @@ def convert_prediction(
     return c1 * x0 + c2 * xt
 
 
+def _embedded_classes(config) -> int | None:
+    """How many labels a denoiser embeds: a `UNet2DModel`'s ``num_class_embeds``, or a `DiTTransformer2DModel`'s
+    ``num_embeds_ada_norm`` classes plus the null class its label embedding adds (as ddpm-objectives-hf's model
+    families say, repeated here because this file runs without that package)."""
+    if getattr(config, "num_class_embeds", None) is not None:
+        return config.num_class_embeds
+    classes = getattr(config, "num_embeds_ada_norm", None)
+    return None if classes is None else classes + 1
+
+
 class DDPMObjectivePipeline(DiffusionPipeline):
     """Image generation for DDPM models of any training target, learned variance and class conditioning.
 
@@ -144,7 +154,8 @@ class DDPMObjectivePipeline(DiffusionPipeline):
     unconditional, the variance conditional).
 
     Args:
-        unet ([`UNet2DModel`]): the denoising network (with ``num_class_embeds`` for a class-conditional model).
+        unet ([`UNet2DModel`] or [`DiTTransformer2DModel`]): the denoising network (with a class embedding for a
+            class-conditional model), called as ``unet(x_t, t, class_labels=y).sample`` with one t per image.
         scheduler ([`SchedulerMixin`]): a diffusers scheduler with ``alphas_cumprod`` and a ``prediction_type`` of
             `"epsilon"`, `"sample"` or `"v_prediction"`.
         prediction_type (`str`, defaults to `"epsilon"`): what the network was trained to predict: the noise ε
@@ -160,7 +171,7 @@ class DDPMObjectivePipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        unet: UNet2DModel,
+        unet: ModelMixin,
         scheduler: SchedulerMixin,
         prediction_type: str = "epsilon",
         num_classes: int | None = None,
@@ -238,7 +249,7 @@ class DDPMObjectivePipeline(DiffusionPipeline):
                 f"scheduler: variance_type={config.variance_type!r} needs variance values, but the UNet outputs "
                 f"{out_channels} channels (no variance); use variance_type='fixed_small'"
             )
-        embeds = self.unet.config.num_class_embeds
+        embeds = _embedded_classes(self.unet.config)
         num_classes, null = self.config.num_classes, self.config.null_class_label
         if num_classes is None and embeds is not None:
             raise ValueError(f"num_classes: the UNet embeds {embeds} classes, but the pipeline has num_classes=None")
@@ -370,7 +381,8 @@ class DDPMObjectivePipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(image, t)
             unet_input = torch.cat([model_input, model_input]) if guided else model_input
             kwargs = {} if labels is None else {"class_labels": labels}
-            model_output = self.unet(unet_input, t, **kwargs).sample
+            timestep = torch.as_tensor(t, device=device).reshape(-1).expand(len(unet_input))  # DiT needs one per image
+            model_output = self.unet(unet_input, timestep, **kwargs).sample
             prediction, variance = model_output[:, :channels], model_output[:, channels:]
             if guided:
                 # the guidance is affine with weights 1 − s and s, so it is the same in every target's space (all

@@ -102,7 +102,11 @@ class DataArguments:
 @dataclass
 class ModelArguments:
     model_config_name_or_path: str | None = field(
-        default=None, metadata={"help": "A UNet2DModel config.json (local) to use instead of the flags below."}
+        default=None,
+        metadata={
+            "help": "A model config.json (local) to use instead of the UNet flags below: its _class_name picks the "
+            "model class (UNet2DModel or DiTTransformer2DModel, which is class-conditional)."
+        },
     )
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
@@ -335,26 +339,24 @@ def check_environment(data_args: DataArguments, model_args: ModelArguments, run:
         check_writable_folder("cache_dir", data_args.cache_dir)
     check_report_to("report_to", run.report_to, available=True)
     if model_args.model_config_name_or_path is not None:
-        from diffusers import UNet2DModel
-
-        from ddpm_objectives_hf.training.data import check_resolution
+        from ddpm_objectives_hf.training.models import family_of, read_config
 
         path = model_args.model_config_name_or_path
         try:
-            config = UNet2DModel.load_config(path)
+            config = read_config(path)
         except (OSError, ValueError) as err:
             message = " ".join(str(err).split())[:300]
             raise ConfigError(
-                f"model_config_name_or_path {path!r} is not a readable UNet2DModel config: {message}",
+                f"model_config_name_or_path {path!r} is not a readable model config: {message}",
                 parameter="model_config_name_or_path",
             ) from err
-        blocks = config.get("block_out_channels") if isinstance(config, dict) else None
-        if not isinstance(blocks, (list, tuple)) or not blocks:
+        family = family_of(config)
+        if not family.unconditional and not model_args.class_conditional:
             raise ConfigError(
-                f"model_config_name_or_path {path!r} has no block_out_channels list",
+                f"model_config_name_or_path: {family.class_name} is class-conditional; add --class_conditional",
                 parameter="model_config_name_or_path",
             )
-        check_resolution(_resolution(data_args), len(blocks))
+        family.check_resolution(config, _resolution(data_args))
     if run.push_to_hub:
         check_hub_reachable("push_to_hub", run.hub_endpoint, run.hub_token)
 
@@ -364,35 +366,27 @@ def check_environment(data_args: DataArguments, model_args: ModelArguments, run:
 # option raises the scheduler's ConfigError, which names it.
 
 
-def build_unet(
-    args: ModelArguments, resolution: int, channels: int, learned_variance: bool, num_class_embeds: int | None = None
+def build_model(
+    args: ModelArguments,
+    resolution: int,
+    channels: int,
+    learned_variance: bool,
+    num_classes: int | None = None,
+    null_class: bool = False,
 ):
-    """The denoiser: ``out_channels`` 2C with a learned variance, and a class embedding of ``num_class_embeds``
-    entries (the classes, plus the null class when labels are dropped) for a class-conditional model."""
-    from diffusers import UNet2DModel
+    """The denoiser: a `UNet2DModel` from the flags (sinusoidal time embedding, as in DDPM), or the model class of
+    ``--model_config_name_or_path`` (:mod:`ddpm_objectives_hf.training.models`); ``out_channels`` 2C with a learned
+    variance, and a class embedding of ``num_classes`` (plus the null class) for a class-conditional model."""
+    from ddpm_objectives_hf.training.models import family_of, read_config
 
-    from ddpm_objectives_hf.training.data import check_resolution
-
-    out_channels = 2 * channels if learned_variance else channels
     if args.model_config_name_or_path:
-        config = UNet2DModel.load_config(args.model_config_name_or_path)
-        config.update(sample_size=resolution, in_channels=channels, num_class_embeds=num_class_embeds)
-        if config.get("out_channels") not in (None, out_channels):
-            raise ConfigError(
-                f"model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
-                f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)",
-                parameter="model_config_name_or_path",
-            )
-        config["out_channels"] = out_channels
-        model = UNet2DModel.from_config(config)
+        config = read_config(args.model_config_name_or_path)
     else:
         n = len(args.block_out_channels)
         down = ["AttnDownBlock2D" if i == args.attention_resolution_index else "DownBlock2D" for i in range(n)]
         up = ["AttnUpBlock2D" if n - 1 - i == args.attention_resolution_index else "UpBlock2D" for i in range(n)]
-        model = UNet2DModel(
-            sample_size=resolution,
-            in_channels=channels,
-            out_channels=out_channels,
+        config = dict(
+            _class_name="UNet2DModel",
             block_out_channels=tuple(args.block_out_channels),
             layers_per_block=args.layers_per_block,
             down_block_types=tuple(down),
@@ -400,13 +394,20 @@ def build_unet(
             norm_num_groups=args.norm_num_groups,
             dropout=args.dropout,
             time_embedding_type="positional",  # sinusoidal time embedding, as in DDPM (Ho et al. 2020)
-            num_class_embeds=num_class_embeds,
         )
-    try:
-        check_resolution(resolution, len(model.config.block_out_channels))
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    return model
+    family = family_of(config)
+    out_channels = 2 * channels if learned_variance else channels
+    if config.get("out_channels") not in (None, channels, out_channels):
+        raise ConfigError(
+            f"model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
+            f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)",
+            parameter="model_config_name_or_path",
+        )
+    config = family.configure(config, resolution=resolution, channels=channels, out_channels=out_channels,
+                              num_classes=num_classes, null_class=null_class)  # fmt: skip
+    family.check_resolution(config, resolution)
+    model = family.model_class.from_config(config)
+    return family.prepare_for_training(model)
 
 
 class DataStream:
@@ -550,10 +551,6 @@ class Classes:
     def null_class_label(self) -> int | None:
         return self.num_classes if self.dropout > 0 else None
 
-    @property
-    def num_class_embeds(self) -> int:
-        return self.num_classes + (self.dropout > 0)
-
     def drop(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """y → ∅ with probability ``dropout`` (the training of classifier-free guidance)."""
         if self.dropout == 0:
@@ -678,12 +675,13 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
 
     # 2. Model ε_θ(x_t, t[, y]): a UNet with sinusoidal time embedding (and a class embedding), its EMA, optimizer
     # and LR schedule
-    model = build_unet(
+    model = build_model(
         model_args,
         resolution,
         stream.channels,
         scheduler.learned_variance,
-        classes.num_class_embeds if classes else None,
+        classes.num_classes if classes else None,
+        classes is not None and classes.null_class_label is not None,
     )
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -77,12 +77,14 @@ def needs_remote_code(scheduler: DDPMObjectiveScheduler, num_classes: int | None
     return num_classes is not None or scheduler.learned_variance or bool(_outside_ddpm_scheduler(scheduler))
 
 
-def _check_classes(unet: UNet2DModel, num_classes: int | None, null_class_label: int | None) -> None:
-    embeds = unet.config.num_class_embeds
+def _check_classes(unet, num_classes: int | None, null_class_label: int | None) -> None:
+    from .models import family_of
+
+    embeds = family_of(unet).embedded_classes(unet.config)
     if num_classes is None:
         if embeds is not None:
             raise PipelineError(
-                f"the UNet embeds {embeds} classes: pass the model's num_classes", parameter="num_classes"
+                f"the model embeds {embeds} classes: pass the model's num_classes", parameter="num_classes"
             )
         if null_class_label is not None:
             raise PipelineError("null_class_label needs num_classes", parameter="null_class_label")
@@ -91,13 +93,13 @@ def _check_classes(unet: UNet2DModel, num_classes: int | None, null_class_label:
         raise PipelineError(f"num_classes must be a positive int, got {num_classes!r}", parameter="num_classes")
     if embeds is None or embeds < num_classes:
         raise PipelineError(
-            f"num_classes={num_classes}, but the UNet embeds {embeds or 0} classes", parameter="num_classes"
+            f"num_classes={num_classes}, but the model embeds {embeds or 0} classes", parameter="num_classes"
         )
     if null_class_label is not None and not (
         isinstance(null_class_label, int) and num_classes <= null_class_label < embeds
     ):
         raise PipelineError(
-            f"null_class_label must be a class the UNet embeds beyond the {num_classes} classes "
+            f"null_class_label must be a class the model embeds beyond the {num_classes} classes "
             f"({num_classes} … {embeds - 1}), got {null_class_label!r}",
             parameter="null_class_label",
         )
@@ -193,7 +195,11 @@ def load_for_evaluation(
     model_dir: str,
     device: str | torch.device = "cpu",
     scheduler_class: type[DDPMObjectiveScheduler] = DDPMObjectiveScheduler,
-) -> tuple[UNet2DModel, DDPMObjectiveScheduler, dict]:
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    parameter: str = "MODEL_DIR",
+) -> tuple[torch.nn.Module, DDPMObjectiveScheduler, dict]:
     """Load a saved pipeline (local folder or Hub id) as ``(unet, objective scheduler, objective)``.
 
     Reads ``model_index.json``, ``unet/``, the scheduler config and ``objective.json`` (no pipeline code is run, so
@@ -209,6 +215,9 @@ def load_for_evaluation(
         device (`str` or `torch.device`): where the UNet goes.
         scheduler_class (`type`, defaults to `DDPMObjectiveScheduler`): the scheduler to rebuild (a subclass that
             adds options reads them from ``objective.json``).
+        revision (`str`, *optional*): the Hub revision (branch, tag or commit).
+        variant (`str`, *optional*): the weights variant (``fp16`` reads ``diffusion_pytorch_model.fp16.safetensors``).
+        parameter (`str`, defaults to `"MODEL_DIR"`): how errors name the source (the flag that gave it).
 
     Returns:
         ``(unet, scheduler, objective)``: ``objective`` is :func:`objective_config` of the scheduler plus the extra
@@ -220,7 +229,7 @@ def load_for_evaluation(
     local = local_path(model_dir)  # None: a Hub id
     if local is not None and not (local / "model_index.json").is_file():
         raise PipelineError(
-            f"MODEL_DIR {model_dir!r} is not a diffusers pipeline folder (no model_index.json); "
+            f"{parameter} {model_dir!r} is not a diffusers pipeline folder (no model_index.json); "
             "pass the --output_dir of a training run or a Hub model id"
         )
     source = str(local) if local is not None else model_dir
@@ -228,11 +237,13 @@ def load_for_evaluation(
         index = DiffusionPipeline.load_config(source)
     except (OSError, ValueError) as err:
         raise PipelineError(
-            f"MODEL_DIR {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
+            f"{parameter} {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
         ) from err
     unet_class = _component_class(index.get("unet"))
     scheduler_type = _component_class(index.get("scheduler"))
-    if unet_class is not UNet2DModel or not (
+    from .models import FAMILIES
+
+    if unet_class not in {f.model_class for f in FAMILIES.values()} or not (
         isinstance(scheduler_type, type) and issubclass(scheduler_type, DDPMScheduler)
     ):
         pipeline_name, unet_name, scheduler_name = (
@@ -240,21 +251,21 @@ def load_for_evaluation(
             for entry in (index.get("_class_name"), index.get("unet"), index.get("scheduler"))
         )
         raise PipelineError(
-            f"MODEL_DIR {model_dir!r} holds a {pipeline_name} with {unet_name}/{scheduler_name}; evaluation needs "
-            "a UNet2DModel with a DDPM scheduler"
+            f"{parameter} {model_dir!r} holds a {pipeline_name} with {unet_name}/{scheduler_name}; this needs a "
+            f"{' or '.join(FAMILIES)} with a DDPM-family scheduler (DDPMScheduler or a subclass)"
         )
     try:
-        unet = UNet2DModel.from_pretrained(source, subfolder="unet")
-        scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler")
+        unet = unet_class.from_pretrained(source, subfolder="unet", revision=revision, variant=variant)
+        scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", revision=revision)
     except (OSError, ValueError) as err:
         raise PipelineError(
-            f"MODEL_DIR {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
+            f"{parameter} {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
         ) from err
     num_classes, null_class_label = index.get("num_classes"), index.get("null_class_label")
     try:
         _check_classes(unet, num_classes, null_class_label)
     except PipelineError as err:
-        raise PipelineError(f"MODEL_DIR {model_dir!r}: {err}") from err
+        raise PipelineError(f"{parameter} {model_dir!r}: {err}") from err
 
     objective = {}
     objective_path = local / OBJECTIVE_FILE if local is not None else None
@@ -262,7 +273,7 @@ def load_for_evaluation(
         try:
             from huggingface_hub import hf_hub_download
 
-            objective_path = Path(hf_hub_download(model_dir, OBJECTIVE_FILE))
+            objective_path = Path(hf_hub_download(model_dir, OBJECTIVE_FILE, revision=revision))
         except Exception:  # noqa: BLE001  (a pipeline trained elsewhere has none)
             objective_path = None
     if objective_path is not None and objective_path.is_file():

@@ -1,0 +1,150 @@
+"""Model families: the denoiser classes the command line trains, each in one place.
+
+A family knows how its model is configured for a run (sample size, channels, a learned variance's extra output
+channels, the class embedding), how many class labels a config embeds, and how its output layer is widened to add
+a learned variance to a pretrained model. Everything else (the loss, sampling, the bound, saving) calls the model as
+``model(x_t, t, class_labels=y).sample`` with a batch of t. A new model class is one new :class:`ModelFamily`
+subclass registered in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+
+class ModelFamily:
+    """One diffusers denoiser class (``class_name``, as in a config's ``_class_name``)."""
+
+    class_name: str
+    #: whether the model can be unconditional (no class labels)
+    unconditional: bool = True
+
+    @property
+    def model_class(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.class_name)
+
+    def configure(self, config: Mapping[str, Any], *, resolution: int, channels: int, out_channels: int,
+                  num_classes: int | None, null_class: bool) -> dict:  # fmt: skip
+        """``config`` with this run's sample size, channels and class embedding."""
+        raise NotImplementedError
+
+    def embedded_classes(self, config: Mapping[str, Any]) -> int | None:
+        """How many labels the model embeds (the classes, and the null class where there is one)."""
+        raise NotImplementedError
+
+    def check_resolution(self, config: Mapping[str, Any], resolution: int) -> None:
+        """Raise a `ConfigError` naming ``--resolution`` where the model cannot take that image size."""
+
+    def prepare_for_training(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What this family needs before training (nothing by default)."""
+        return model
+
+    def widen_output(self, model: torch.nn.Module, out_channels: int, variance_value: float) -> torch.nn.Module:
+        """The model with ``out_channels`` output channels, the new ones constant at ``variance_value`` (so a learned
+        variance starts as the fixed one it replaces)."""
+        raise ConfigError(f"adding output channels to a {self.class_name} is not supported",
+                          parameter="learn_variance")  # fmt: skip
+
+
+class UNetFamily(ModelFamily):
+    """diffusers' `UNet2DModel` (sinusoidal time embedding; an optional class embedding table)."""
+
+    class_name = "UNet2DModel"
+
+    def configure(self, config, *, resolution, channels, out_channels, num_classes, null_class):
+        embeds = None if num_classes is None else num_classes + int(null_class)
+        return {**config, "sample_size": resolution, "in_channels": channels, "out_channels": out_channels,
+                "num_class_embeds": embeds}  # fmt: skip
+
+    def embedded_classes(self, config):
+        return config.get("num_class_embeds")
+
+    def check_resolution(self, config, resolution):
+        from .data import check_resolution
+
+        blocks = config.get("block_out_channels")
+        if not isinstance(blocks, (list, tuple)) or not blocks:
+            raise ConfigError("model_config_name_or_path: a UNet2DModel config needs a block_out_channels list",
+                              parameter="model_config_name_or_path")  # fmt: skip
+        check_resolution(resolution, len(blocks))
+
+    def widen_output(self, model, out_channels, variance_value):
+        conv = model.conv_out
+        wider = torch.nn.Conv2d(conv.in_channels, out_channels, conv.kernel_size, padding=conv.padding)
+        with torch.no_grad():
+            wider.weight.zero_()
+            wider.bias.fill_(variance_value)
+            wider.weight[: conv.out_channels] = conv.weight
+            wider.bias[: conv.out_channels] = conv.bias
+        model.conv_out = wider.to(conv.weight)
+        model.register_to_config(out_channels=out_channels)
+        return model
+
+
+class DiTFamily(ModelFamily):
+    """diffusers' `DiTTransformer2DModel` (Peebles & Xie 2023, https://arxiv.org/abs/2212.09748): patches, adaLN-Zero
+    conditioned on t and a class label; always class-conditional. Its label embedding has the null class K built in
+    and drops labels itself with probability 0.1 while training; the run's ``--condition_dropout`` replaces that
+    (:meth:`prepare_for_training`), so a label is dropped once, with the run's seeded generator."""
+
+    class_name = "DiTTransformer2DModel"
+    unconditional = False
+
+    def configure(self, config, *, resolution, channels, out_channels, num_classes, null_class):
+        if num_classes is None:
+            raise ConfigError(
+                "DiTTransformer2DModel is class-conditional (adaLN-Zero on t and a class label): add "
+                "--class_conditional",
+                parameter="model_config_name_or_path",
+            )
+        return {**config, "sample_size": resolution, "in_channels": channels, "out_channels": out_channels,
+                "num_embeds_ada_norm": num_classes}  # fmt: skip
+
+    def embedded_classes(self, config):
+        classes = config.get("num_embeds_ada_norm")
+        return None if classes is None else classes + 1  # its LabelEmbedding adds the null class K
+
+    def check_resolution(self, config, resolution):
+        patch = config.get("patch_size", 2)
+        if resolution % patch:
+            raise ConfigError(f"resolution {resolution} must be a multiple of the DiT's patch_size {patch}",
+                              parameter="resolution")  # fmt: skip
+
+    def prepare_for_training(self, model):
+        from diffusers.models.embeddings import LabelEmbedding
+
+        for module in model.modules():
+            if isinstance(module, LabelEmbedding):
+                module.dropout_prob = 0.0  # the run drops labels (Classes.drop); the table keeps its null row
+        return model
+
+
+FAMILIES: dict[str, ModelFamily] = {f.class_name: f for f in (UNetFamily(), DiTFamily())}
+
+
+def read_config(path: str) -> dict:
+    """A diffusers model config: a ``config.json`` or a folder holding one (any model class)."""
+    from diffusers import UNet2DModel
+
+    return dict(UNet2DModel.load_config(path))  # load_config reads the JSON whatever its _class_name
+
+
+def family_of(config_or_model: Mapping[str, Any] | torch.nn.Module, parameter: str = "model_config_name_or_path"):
+    """The family of a config (its ``_class_name``) or of a model; a class without one raises a `ConfigError`."""
+    if isinstance(config_or_model, torch.nn.Module):
+        name = type(config_or_model).__name__
+    else:
+        name = config_or_model.get("_class_name", "UNet2DModel")
+    if name not in FAMILIES:
+        raise ConfigError(
+            f"{parameter}: {name!r} is not a model class this tool trains; valid: {', '.join(FAMILIES)}",
+            parameter=parameter,
+        )
+    return FAMILIES[name]
