@@ -101,6 +101,18 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
+    pretrained_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune a diffusers pipeline (local folder or Hub id) with a DDPM-family scheduler: its denoiser "
+            "and its scheduler config (and image size, classes) are the starting point; the objective flags given "
+            "override them (--learn_variance widens the output layer, starting from the fixed variance)."
+        },
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of --pretrained_model_name_or_path."})
+    variant: str | None = field(
+        default=None, metadata={"help": "Weights variant of --pretrained_model_name_or_path (e.g. fp16)."}
+    )
     model_config_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -127,7 +139,16 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        check_non_empty("model_config_name_or_path", self.model_config_name_or_path)
+        for name in ("pretrained_model_name_or_path", "revision", "variant", "model_config_name_or_path"):
+            check_non_empty(name, getattr(self, name))
+        if self.pretrained_model_name_or_path and self.model_config_name_or_path:
+            raise ConfigError(
+                "pretrained_model_name_or_path brings its own model: drop --model_config_name_or_path",
+                parameter="pretrained_model_name_or_path",
+            )
+        for name in ("revision", "variant"):
+            if getattr(self, name) is not None and not self.pretrained_model_name_or_path:
+                raise ConfigError(f"{name} is of --pretrained_model_name_or_path, which is not given", parameter=name)
         check_ranges(
             self,
             layers_per_block=POSITIVE_INT,
@@ -268,11 +289,38 @@ def parse_args(argv: list[str] | None = None):
     from ddpm_objectives_hf.cli.parsing import parse_dataclasses
 
     argv = sys.argv[1:] if argv is None else argv
-    parsed = parse_dataclasses(
-        (DataArguments, ModelArguments, objective_arguments(), RunArguments), argv, prog="train.py"
-    )
+    types = (DataArguments, ModelArguments, objective_arguments(), RunArguments)
+    parsed = parse_dataclasses(types, argv, prog="train.py")
+    if parsed[1].pretrained_model_name_or_path:  # its objective and image size are the defaults the flags override
+        parsed = parse_dataclasses(types, argv, prog="train.py", defaults=pretrained_defaults(parsed[1]))
     check_arguments(*parsed)
     return parsed
+
+
+def pretrained_defaults(model_args: ModelArguments) -> dict:
+    """The flag defaults of a pretrained pipeline: its scheduler's options (with its ``objective.json`` where it has
+    one), its image size and its class conditioning."""
+    from ddpm_objectives_hf.errors import PipelineError
+    from ddpm_objectives_hf.training.pipelines import load_for_evaluation
+
+    try:
+        unet, scheduler, objective = load_for_evaluation(
+            model_args.pretrained_model_name_or_path, revision=model_args.revision, variant=model_args.variant,
+            parameter="pretrained_model_name_or_path",
+        )  # fmt: skip
+    except PipelineError as err:
+        raise ConfigError(str(err), parameter="pretrained_model_name_or_path") from err
+    defaults = {name: scheduler.config[name] for name in scheduler.option_names()}
+    size = unet.config.sample_size
+    defaults["resolution"] = size if isinstance(size, int) else size[0]
+    if objective.get("num_classes") is not None:
+        defaults["class_conditional"] = True
+        defaults["condition_dropout"] = objective.get(
+            "condition_dropout", 0.1 if objective["null_class_label"] else 0.0
+        )
+        if objective.get("label_column"):
+            defaults["label_column"] = objective["label_column"]
+    return defaults
 
 
 def check_arguments(data_args: DataArguments, model_args: ModelArguments, obj, run: RunArguments) -> None:
@@ -330,6 +378,54 @@ def _resolution(data_args: DataArguments) -> int:
     return data_args.resolution or default_resolution
 
 
+def check_pretrained(data_args: DataArguments, model_args: ModelArguments, scheduler) -> None:
+    """A pretrained model that contradicts the flags: another image size, a learned variance the objective drops, a
+    class embedding the run does not use (or the reverse), a learned variance its family cannot add."""
+    from ddpm_objectives_hf.training.models import family_of, read_config
+
+    config = read_config(_pretrained_unet(model_args))
+    family = family_of(config, parameter="pretrained_model_name_or_path")
+    size = config.get("sample_size")
+    size = size if isinstance(size, int) else size[0]
+    if _resolution(data_args) != size:
+        raise ConfigError(f"resolution {_resolution(data_args)} differs from the pretrained model's sample_size {size}",
+                          parameter="resolution")  # fmt: skip
+    channels, out = config["in_channels"], config.get("out_channels") or config["in_channels"]
+    if out == 2 * channels and not scheduler.learned_variance:
+        raise ConfigError(
+            f"variance_type {scheduler.config.variance_type!r}: the pretrained model outputs a learned variance "
+            f"({out} = 2 × {channels} channels); use learned_range or learned",
+            parameter="variance_type",
+        )
+    if out == channels and scheduler.learned_variance:
+        if scheduler.config.variance_type != "learned_range":
+            raise ConfigError("variance_type 'learned' cannot start from a fixed variance: use learned_range to "
+                              "add a learned variance to a pretrained model", parameter="variance_type")  # fmt: skip
+        if not family.widens_output:
+            raise ConfigError(f"learn_variance: adding output channels to a pretrained {family.class_name} is not "
+                              "supported", parameter="learn_variance")  # fmt: skip
+    embeds = family.embedded_classes(config) is not None
+    if embeds != model_args.class_conditional:
+        raise ConfigError(
+            "class_conditional: the pretrained model "
+            + ("embeds class labels; keep --class_conditional" if embeds else "has no class embedding to train"),
+            parameter="class_conditional",
+        )
+
+
+def _pretrained_unet(model_args: ModelArguments):
+    """The pretrained denoiser's config location: a local ``unet/`` folder, or the Hub file."""
+    from ddpm_objectives_hf.training.data import local_path
+
+    source = model_args.pretrained_model_name_or_path
+    local = local_path(source)
+    if local is not None:
+        return str(local / "unet")
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(source, "unet/config.json", revision=model_args.revision)
+
+
 def check_environment(data_args: DataArguments, model_args: ModelArguments, run: RunArguments) -> None:
     """What must hold on this machine before any work: the folders exist or can be written, the trackers are
     installed, the model config reads, and the Hub answers when the run will push to it."""
@@ -379,6 +475,8 @@ def build_model(
     variance, and a class embedding of ``num_classes`` (plus the null class) for a class-conditional model."""
     from ddpm_objectives_hf.training.models import family_of, read_config
 
+    if args.pretrained_model_name_or_path:
+        return _pretrained_model(args, channels, learned_variance)
     if args.model_config_name_or_path:
         config = read_config(args.model_config_name_or_path)
     else:
@@ -407,6 +505,28 @@ def build_model(
                               num_classes=num_classes, null_class=null_class)  # fmt: skip
     family.check_resolution(config, resolution)
     model = family.model_class.from_config(config)
+    return family.prepare_for_training(model)
+
+
+def _pretrained_model(args: ModelArguments, channels: int, learned_variance: bool):
+    """The pretrained denoiser, its output layer widened for a learned variance that starts as its fixed one
+    (learned_range's v = −1 is β̃_t, +1 is β_t)."""
+    from ddpm_objectives_hf.training.models import family_of, read_config
+
+    family = family_of(read_config(_pretrained_unet(args)), parameter="pretrained_model_name_or_path")
+    source, kwargs = args.pretrained_model_name_or_path, {"revision": args.revision, "variant": args.variant}
+    model = family.model_class.from_pretrained(source, subfolder="unet", **kwargs)
+    if model.config.in_channels != channels:
+        raise ConfigError(
+            f"pretrained_model_name_or_path: the model takes {model.config.in_channels} channels, the data has "
+            f"{channels}",
+            parameter="pretrained_model_name_or_path",
+        )
+    if learned_variance and model.config.out_channels == channels:
+        from diffusers import DDPMScheduler
+
+        fixed = DDPMScheduler.load_config(source, subfolder="scheduler", revision=args.revision)["variance_type"]
+        model = family.widen_output(model, 2 * channels, 1.0 if fixed.startswith("fixed_large") else -1.0)
     return family.prepare_for_training(model)
 
 
@@ -882,7 +1002,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         unet = unet.to(memory_format=torch.contiguous_format).float()
         check_finite_weights(unet, None, state.step, name_of=flag)
         with staged_outputs(output_dir, remove=FINAL_OUTPUTS, label="final") as staging:
-            write_card = _save_everything(unet, scheduler, state, data_args, obj, run, staging, classes)
+            write_card = _save_everything(
+                unet, scheduler, state, data_args, obj, run, staging, classes, model_args.pretrained_model_name_or_path
+            )
         logger.info("saved the pipeline, samples and model card to %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -916,7 +1038,15 @@ def _sample_with_ema(accelerator, model, ema, scheduler, run: RunArguments, clas
 
 
 def _save_everything(
-    unet, scheduler, state: TrainState, data_args, obj, run: RunArguments, output_dir: Path, classes: Classes | None
+    unet,
+    scheduler,
+    state: TrainState,
+    data_args,
+    obj,
+    run: RunArguments,
+    output_dir: Path,
+    classes: Classes | None,
+    base_model: str | None = None,
 ):
     """Pipeline, samples, plots, loss history and model card into ``output_dir``; returns the card's writer
     ``write_card(folder, repo_id=...)`` (the push renders it again once the Hub gives the full repo id)."""
@@ -929,7 +1059,12 @@ def _save_everything(
     unet.eval()
     dataset = data_args.dataset_name or data_args.train_data_dir or "sklearn-digits"
     final_loss = state.history[-1]["loss"] if state.history else float("nan")
+    from ddpm_objectives_hf.training.data import local_path
+
     extra = {"timestep_sampler": obj.timestep_sampler, "dataset": dataset, "train_steps": state.step}
+    hub_base_model = base_model if base_model and local_path(base_model) is None else None
+    if base_model:  # a local folder by its name only (never an absolute path)
+        extra["base_model"] = hub_base_model or Path(base_model).resolve().name
     conditioning = {}
     if classes is not None:
         conditioning = {
@@ -991,6 +1126,7 @@ def _save_everything(
             **conditioning,
         },
         remote_code=needs_remote_code(scheduler, classes.num_classes if classes else None),
+        base_model=hub_base_model,
         num_classes=classes.num_classes if classes else None,
         guidance_scale=(1.0 if run.guidance_scale is None else run.guidance_scale)
         if classes and classes.null_class_label is not None
@@ -1030,6 +1166,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     data_args, model_args, obj, run = parse_args(argv)
     check_environment(data_args, model_args, run)  # before any work: nothing is read, built or written yet
+    if model_args.pretrained_model_name_or_path:
+        check_pretrained(data_args, model_args, build_scheduler(obj))
     train(data_args, model_args, obj, run)
 
 

@@ -147,16 +147,23 @@ def config_to_argv(path: str, parser: ArgumentParser, optional: set[str]) -> tup
 
 
 def parse_dataclasses(
-    dataclass_types: Sequence[type], argv: Sequence[str], prog: str, description: str | None = None
+    dataclass_types: Sequence[type],
+    argv: Sequence[str],
+    prog: str,
+    description: str | None = None,
+    defaults: dict | None = None,
 ) -> tuple:
     """Parse ``argv`` (flags, or a config file then flags) into one instance of each dataclass.
 
-    Their ``__post_init__`` checks run here, so a returned tuple holds only valid options.
+    Their ``__post_init__`` checks run here, so a returned tuple holds only valid options. ``defaults`` replace the
+    dataclasses' defaults of the options they name (a pretrained model's), which flags and the config file override.
 
     Raises:
         ConfigError: One line naming the flag (or the config file and key) at fault.
     """
     parser = ArgumentParser(dataclass_types, prog=prog, description=description)
+    if defaults:
+        parser.set_defaults(**defaults)  # a default no dataclass field takes is dropped with the namespace's extras
     argv = list(argv)
     nulls: list[str] = []
     source, file_keys = "", set()

@@ -333,6 +333,7 @@ def write_model_card(
     remote_code: bool = False,
     num_classes: int | None = None,
     guidance_scale: float | None = None,
+    base_model: str | None = None,
     license: str = "apache-2.0",
 ) -> ModelCard:
     """Render the model card of a trained pipeline and write it to `output_dir/README.md` (no network).
@@ -356,6 +357,7 @@ def write_model_card(
             the first classes (`class_labels=[0, 1, ...]`).
         guidance_scale: The classifier-free guidance scale the snippet passes (a model with a null class); `None`:
             none.
+        base_model: The Hub id of the pipeline this one was fine-tuned from: the Hub's `base_model` metadata.
         license: License id for the metadata.
 
     Returns:
@@ -380,6 +382,7 @@ def write_model_card(
         pipeline_tag=None if num_classes else TASK_TYPE,
         datasets=[dataset_name] if dataset_name and _is_hub_dataset_id(dataset_name) else None,
         model_name=model_id,
+        base_model=base_model,
         ddpm_objective=objective_plain,
         ddpm_metrics=metrics_plain or None,
     )

@@ -23,6 +23,8 @@ class ModelFamily:
     class_name: str
     #: whether the model can be unconditional (no class labels)
     unconditional: bool = True
+    #: whether :meth:`widen_output` can add a learned variance's channels to a trained model
+    widens_output: bool = False
 
     @property
     def model_class(self) -> type:
@@ -48,15 +50,15 @@ class ModelFamily:
 
     def widen_output(self, model: torch.nn.Module, out_channels: int, variance_value: float) -> torch.nn.Module:
         """The model with ``out_channels`` output channels, the new ones constant at ``variance_value`` (so a learned
-        variance starts as the fixed one it replaces)."""
-        raise ConfigError(f"adding output channels to a {self.class_name} is not supported",
-                          parameter="learn_variance")  # fmt: skip
+        variance starts as the fixed one it replaces); only where :attr:`widens_output`."""
+        raise NotImplementedError
 
 
 class UNetFamily(ModelFamily):
     """diffusers' `UNet2DModel` (sinusoidal time embedding; an optional class embedding table)."""
 
     class_name = "UNet2DModel"
+    widens_output = True
 
     def configure(self, config, *, resolution, channels, out_channels, num_classes, null_class):
         embeds = None if num_classes is None else num_classes + int(null_class)
