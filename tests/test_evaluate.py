@@ -305,8 +305,7 @@ def test_a_plain_diffusers_pipeline_is_evaluated_under_its_own_variance_type(tmp
     clip_sample) and its other variance types: the report names the model's own variance type, `fixed_large_log`
     means `fixed_large` (same bound), and neither is scored as `fixed_small` (another bound)."""
     from diffusers import DDPMPipeline, DDPMScheduler
-
-    from tests.tiny import tiny_unet
+    from tiny import tiny_unet
 
     bounds = {}
     for variance_type in ("fixed_large", "fixed_large_log", "fixed_small"):

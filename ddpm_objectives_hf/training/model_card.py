@@ -461,6 +461,8 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
             "num_images": data.get("num_bpd_images"),
             "network_calls_per_image": bpd.get("network_calls_per_image"),
             "num_train_timesteps": report.get("num_train_timesteps") if key == "bpd_full" else None,
+            # the bound is of the model's own reverse variance (the ODE has none)
+            "variance_type": None if key == "bpd_ode" else (report.get("objective") or {}).get("variance_type"),
             **{k: bpd.get(k) for k in ("rtol", "atol", "method", "divergence", "draws") if key == "bpd_ode"},
         }
         results.append(
