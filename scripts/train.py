@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a diffusers `UNet2DModel` with any DDPM objective.
 
-    accelerate launch scripts/train.py --prediction_type v_prediction --loss_weighting min_snr --output_dir out
+    accelerate launch --quiet scripts/train.py --prediction_type v_prediction --loss_weighting min_snr --output_dir out
     python scripts/train.py run.yaml           # the same flags as a JSON or YAML file
 
 The loop is DDPM's training algorithm (Ho et al. 2020, Algorithm 1): x0 ~ data, t ~ sampler, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε,

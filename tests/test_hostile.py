@@ -537,3 +537,29 @@ def test_real_command_line(script, args, expected, finished_run, tmp_path):
     lines = error_lines(proc.stderr, script)
     assert len(lines) == 1 and expected in lines[0], proc.stderr[-3000:]
     assert snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--learning_rate", "nan"], "train.py: error: --learning_rate must be a finite number > 0, got nan"),
+        (["--bogus_flag"], "train.py: error: unknown flag --bogus_flag"),
+        (["--overwrite_output_dir", "--max_train_steps", "0"], "train.py: error: --max_train_steps"),
+    ],
+    ids=["nan", "unknown-flag", "zero-steps"],
+)
+def test_through_accelerate_launch_quiet(args, expected, finished_run, tmp_path):
+    """The README's command, `accelerate launch --quiet scripts/train.py ...`: the script's one line is the last
+    line (no launcher traceback, printed once), the exit is non-zero (the launcher's 1), the folder untouched."""
+    launcher = Path(sys.executable).with_name("accelerate")
+    before = snapshot(finished_run)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    command = [str(launcher), "launch", "--quiet", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "scripts" / "train.py"), *args,
+               "--output_dir", str(finished_run)]  # fmt: skip
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith(expected) and sum(line.startswith("train.py: error:") for line in lines) == 1
+    assert snapshot(finished_run) == before
