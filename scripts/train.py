@@ -495,7 +495,7 @@ def build_model(
         )
     family = family_of(config)
     out_channels = 2 * channels if learned_variance else channels
-    if config.get("out_channels") not in (None, channels, out_channels):
+    if config.get("out_channels") not in (None, out_channels):
         raise ConfigError(
             f"model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
             f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)",

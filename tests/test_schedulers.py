@@ -44,7 +44,7 @@ class ExactDenoiser(ModelMixin, ConfigMixin):
         self.alphas_cumprod = DDPMScheduler(num_train_timesteps=T).alphas_cumprod.double()
 
     def forward(self, x, t, class_labels=None):
-        t = float(t)
+        t = float(torch.as_tensor(t).reshape(-1)[0])  # one t for the batch (the pipeline passes one per image)
         ac = alpha_at(self.alphas_cumprod, t)
         ac_prev = alpha_at(self.alphas_cumprod, t - 1)
         a, s = math.sqrt(ac), math.sqrt(1 - ac)
