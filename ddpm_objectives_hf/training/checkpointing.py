@@ -5,9 +5,10 @@
   folder is renamed to ``checkpoint-N``. A kill at any moment leaves the previous ``latest`` loadable.
 * **Same run.** A resume compares the checkpoint's identity (objective, model config, data, batch) with this run's
   (:func:`run_identity`, :func:`check_same_run`) and refuses another run's checkpoint, naming what differs.
-* **Safe resume.** Every file of a checkpoint is read as JSON, safetensors, or with ``torch.load(weights_only=True)``
-  (accelerate unpickles custom states with ``weights_only=False``; here it is forced to `True`), so a checkpoint cannot
-  run code (`torch.load` security notes: https://pytorch.org/docs/stable/generated/torch.load.html).
+* **Safe resume.** Every file of a checkpoint is read as JSON, safetensors, or first with
+  ``torch.load(weights_only=True)``: accelerate unpickles custom states with ``weights_only=False``, and only files
+  that hold nothing but tensors and plain data reach it, so a checkpoint cannot run code (`torch.load` security notes:
+  https://pytorch.org/docs/stable/generated/torch.load.html). Nothing in the process is patched.
 * **Finite weights.** Nothing is saved from weights that became NaN/inf (:func:`check_finite_weights`).
 
 The output folder (ownership marker, staging, the final save) is :mod:`.run_folder`.
@@ -15,10 +16,9 @@ The output folder (ownership marker, staging, the final save) is :mod:`.run_fold
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError, TrainingError
@@ -278,35 +278,26 @@ def save_checkpoint(
     return final
 
 
-@contextlib.contextmanager
-def _torch_load_weights_only(failures: list[tuple[str, BaseException]]) -> Iterator[None]:
-    """Every ``torch.load`` in the block runs with ``weights_only=True`` (accelerate passes ``False`` for custom
-    states); each failure is recorded with its file, since accelerate swallows some (the RNG states)."""
-    import torch
+def _check_pickles_hold_only_data(path: Path) -> None:
+    """Read every pickled file of the checkpoint with ``torch.load(weights_only=True)`` before accelerate loads it:
+    a file that passes references only the allow-listed tensor and plain-data constructors, so unpickling it again
+    (accelerate passes ``weights_only=False`` for custom states) calls nothing else. A file that fails is refused,
+    naming it; nothing in the process is patched."""
+    from accelerate.utils.other import load  # torch.load with accelerate's allow-list (numpy RNG states)
 
-    real_load = torch.load
-
-    def load(f, *args, **kwargs):
-        kwargs["weights_only"] = True
+    for file in sorted(f for f in path.iterdir() if f.is_file() and f.suffix in (".pkl", ".bin", ".pt", ".pth")):
         try:
-            return real_load(f, *args, **kwargs)
-        except Exception as err:
-            failures.append((str(f), err))
-            raise
-
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = real_load
+            load(file, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001  (any failure to read it safely is the file's fault)
+            raise _unreadable(path, _describe((str(file), err))) from err
 
 
 def load_checkpoint(accelerator, path: str | os.PathLike) -> int:
     """``accelerator.load_state(path)`` without code execution; returns the step.
 
     The completion record is checked first (:func:`verify_checkpoint`), safetensors headers are parsed, and every
-    pickled file is read with ``torch.load(weights_only=True)``. Raises :class:`CheckpointError` (naming the file) if
-    anything cannot be read so.
+    pickled file must read with ``torch.load(weights_only=True)`` before accelerate loads any. Raises
+    :class:`CheckpointError` (naming the file) if anything cannot be read so.
     """
     from safetensors import safe_open
 
@@ -318,14 +309,11 @@ def load_checkpoint(accelerator, path: str | os.PathLike) -> int:
                 f.keys()
         except Exception as err:  # noqa: BLE001  (any failure to parse is the file's fault)
             raise _unreadable(path, f"{weights.name} is not a valid safetensors file") from err
-    failures: list[tuple[str, BaseException]] = []
+    _check_pickles_hold_only_data(path)
     try:
-        with _torch_load_weights_only(failures):
-            accelerator.load_state(str(path))
+        accelerator.load_state(str(path))
     except Exception as err:  # noqa: BLE001  (any failure to load is the checkpoint's fault for the user)
-        raise _unreadable(path, _describe(failures[0]) if failures else _first_line(err)) from err
-    if failures:  # accelerate ignores unreadable RNG states; a resume without them is not the same run
-        raise _unreadable(path, _describe(failures[0]))
+        raise _unreadable(path, _first_line(err)) from err
     return checkpoint_step(path)
 
 
