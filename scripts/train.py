@@ -752,6 +752,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         FINAL_OUTPUTS,
         atomic_write,
         check_output_dir,
+        hold_run_folder,
         prepare_output_dir,
         staged_outputs,
     )
@@ -773,6 +774,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
             project_dir=run.output_dir, logging_dir=os.path.join(run.output_dir, run.logging_dir)
         ),
     )
+    # the folder is this run's until it ends: a second run on it (resume, overwrite or plain) stops here
+    folder_lock = hold_run_folder(run.output_dir) if accelerator.is_main_process else None  # noqa: F841 (held open)
     if accelerator.state.deepspeed_plugin is not None:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.train_batch_size
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)

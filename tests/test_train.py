@@ -669,3 +669,20 @@ def test_streaming_data_path(tmp_path, capsys, monkeypatch):
     load_and_sample(out)
     run_ok(tiny_args(out, "--resume_from_checkpoint", "latest", "--overwrite_output_dir", steps=6), capsys)
     assert [s for s, _ in _losses(out)] == [2, 4, 6]
+
+
+def test_a_running_run_holds_its_folder(tmp_path: Path, capsys):
+    """A second run on a folder in use (plain, resume or overwrite) gets one line naming --output_dir and the holder;
+    the lock file a killed run leaves (no process holds it) blocks nothing, and is never an output."""
+    from ddpm_objectives_hf.training.run_folder import LOCK_FILE, hold_run_folder, run_outputs
+
+    out = tmp_path / "run"
+    held = hold_run_folder(out)  # another run, as far as the kernel is concerned (its own open file description)
+    for extra in ([], ["--overwrite_output_dir"], ["--resume_from_checkpoint", "latest"]):
+        assert train_script.main([*tiny_args(out, steps=2), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"train.py: error: --output_dir '{out}' is in use by another run (pid ")
+    held.close()  # the holder ends (a kill releases it the same way): its lock file stays, and blocks nothing
+    assert (out / LOCK_FILE).is_file()
+    run_ok(tiny_args(out, steps=2))
+    assert LOCK_FILE not in [p.name for p in run_outputs(out)]

@@ -29,6 +29,8 @@ from ..errors import ConfigError
 
 TOOL = "ddpm_objectives_hf"
 RUN_MARKER = "ddpm_objectives_run.json"
+#: The lock a running run holds on its folder (:func:`hold_run_folder`); never an output, never uploaded.
+LOCK_FILE = ".ddpm_objectives_run.lock"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "checkpoint_complete"
 STAGING_FINAL = ".staging-final"
@@ -49,7 +51,7 @@ FINAL_OUTPUTS = (
 #: Dot-folders and files of interrupted saves (removed at the next start; never uploaded).
 LEFTOVER_PREFIXES = (".checkpoint-", ".pipeline-", ".staging", ".tmp")
 #: What stays local: leftovers and the ownership marker (fnmatch patterns, `*` also matches `/`).
-LOCAL_ONLY_PATTERNS = (*(f"{prefix}*" for prefix in LEFTOVER_PREFIXES), RUN_MARKER)
+LOCAL_ONLY_PATTERNS = (*(f"{prefix}*" for prefix in LEFTOVER_PREFIXES), RUN_MARKER, LOCK_FILE)
 #: Testing hook for the kill -9 tests: a comma-separated list of named points at which the process stops itself
 #: (SIGSTOP) after saying so on stderr. Read once at import; unset, a point costs one set lookup.
 STOP_AT_ENV = "DDPM_OBJECTIVES_HF_STOP_AT"
@@ -129,7 +131,7 @@ def is_run_folder(output_dir: str | os.PathLike) -> bool:
     root = Path(output_dir)
     if _made_by_this_tool(root / RUN_MARKER):
         return True
-    entries = list(root.iterdir()) if root.is_dir() else []
+    entries = [p for p in root.iterdir() if p.name != LOCK_FILE] if root.is_dir() else []
     return bool(entries) and all(
         CHECKPOINT_RE.match(p.name) and p.is_dir() and _made_by_this_tool(p / COMPLETE_MARKER) for p in entries
     )
@@ -144,7 +146,7 @@ def _made_by_this_tool(record: Path) -> bool:
 
 
 def _is_leftover(name: str) -> bool:
-    return name.startswith(LEFTOVER_PREFIXES)
+    return name.startswith(LEFTOVER_PREFIXES) or name == LOCK_FILE
 
 
 def run_outputs(output_dir: str | os.PathLike) -> list[Path]:
@@ -203,7 +205,11 @@ def check_output_dir(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a folder", parameter="output_dir")
-    if not out.is_dir() or not any(out.iterdir()):
+    if (out / LOCK_FILE).is_file():  # a running run's folder, whatever this run would do with it
+        probe = _lock(out / LOCK_FILE, "r", output_dir)
+        if probe is not None:
+            probe.close()  # free: released at once
+    if not out.is_dir() or not any(p.name != LOCK_FILE for p in out.iterdir()):
         return
     overwrite, resume = name_of("overwrite_output_dir"), name_of("resume_from_checkpoint")
     if not is_run_folder(out):
@@ -236,6 +242,51 @@ def check_output_dir(
             "a new folder",
             parameter="output_dir",
         )
+
+
+def hold_run_folder(output_dir: str | os.PathLike):
+    """Hold ``output_dir`` for this run until the process ends: an exclusive ``flock`` on its :data:`LOCK_FILE`, taken
+    without waiting (main process, after :func:`check_output_dir`). The kernel releases it when the process ends,
+    however it ends, so the lock file a killed run leaves blocks nothing. Returns the open lock file, to be kept open
+    for the whole run (`None` where the system has no ``flock``).
+
+    Raises:
+        ConfigError: With ``parameter="output_dir"``, naming the run that holds the folder.
+    """
+    import socket
+    import time
+
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    handle = _lock(root / LOCK_FILE, "a+", output_dir)
+    if handle is not None:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+    return handle
+
+
+def _lock(path: Path, mode: str, output_dir: str | os.PathLike):
+    """``path`` opened with an exclusive ``flock`` taken without waiting (`None` without ``flock``); a ConfigError
+    naming ``output_dir`` and the holder when another process has it."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return None
+    handle = open(path, mode)  # noqa: SIM115  (the caller keeps it open, or closes it to release)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"output_dir {str(output_dir)!r} is in use by another run ({holder}); wait for it to end or choose "
+            "another folder",
+            parameter="output_dir",
+        ) from None
+    return handle
 
 
 def prepare_output_dir(
