@@ -88,14 +88,47 @@ def score(images01, reference, labels=None) -> dict:
     return out
 
 
+def table(results: dict) -> str:
+    """The Markdown table of a results file: FID [± its noise] per scheduler (rows) and model (columns), the class-
+    conditional model's classifier accuracy beside its FID, and the hand-written loop's FID for the ε models."""
+    models = results["models"]
+    names = list(next(iter(models.values()))["rows"])
+    header = ["scheduler"]
+    for kind, entry in models.items():
+        header.append(f"{kind} ({entry['prediction_type']})")
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name in names:
+        cells = [name.replace("Scheduler", "").replace("-1000", " (1000 steps)")]
+        for entry in models.values():
+            row = entry["rows"].get(name)
+            if row is None:
+                cells.append("")
+                continue
+            p = row["pipeline"]
+            cell = f"{p['fid']:.1f} ± {p['fid_noise']:.1f}" if p["finite"] else "not finite"
+            if "accuracy" in p:
+                cell += f", acc {p['accuracy']:.2f}"
+            if "hand_written" in row:
+                cell += f" (loop {row['hand_written']['fid']:.1f})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="KIND=PATH of a saved pipeline")
+    parser.add_argument("--model", action="append", default=[], help="KIND=PATH of a saved pipeline")
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of --out and stop")
     parser.add_argument("--num_samples", type=int, default=256)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=3.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results_schedulers.json"))
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return 0
+    if not args.model:
+        parser.error("--model KIND=PATH is required (or --table)")
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(key, "1")
     from diffusers.utils import logging

@@ -10,6 +10,7 @@ predict, weighted loss, gradient step (+ EMA). With no data flag it trains on sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -732,6 +733,18 @@ def _adamw_implementation(device: torch.device) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- main
 def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveArguments, run: RunArguments) -> Path:
+    """Train and save the run; its output folder is held from the first write until this returns or raises."""
+    with contextlib.ExitStack() as folder_lock:
+        return _train(data_args, model_args, obj, run, folder_lock)
+
+
+def _train(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    obj: ObjectiveArguments,
+    run: RunArguments,
+    folder_lock: contextlib.ExitStack,
+) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -774,8 +787,6 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
             project_dir=run.output_dir, logging_dir=os.path.join(run.output_dir, run.logging_dir)
         ),
     )
-    # the folder is this run's until it ends: a second run on it (resume, overwrite or plain) stops here
-    folder_lock = hold_run_folder(run.output_dir) if accelerator.is_main_process else None  # noqa: F841 (held open)
     if accelerator.state.deepspeed_plugin is not None:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.train_batch_size
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
@@ -887,6 +898,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveAr
         if path.resolve().parent == Path(run.output_dir).resolve():
             resumed_here = step
     if accelerator.is_main_process:
+        # the folder is this run's until train() ends: a second run on it (plain, resume or overwrite) stops here
+        folder_lock.callback(hold_run_folder(run.output_dir).close)
         # the marker first, interrupted saves finished or removed, a replaced run's outputs removed
         prepare_output_dir(run.output_dir, replace=run.overwrite_output_dir, resumed_step=resumed_here)
         config = {"data": asdict(data_args), "model": asdict(model_args), "objective": asdict(obj), "run": asdict(run)}

@@ -29,8 +29,6 @@ from ..errors import ConfigError
 
 TOOL = "ddpm_objectives_hf"
 RUN_MARKER = "ddpm_objectives_run.json"
-#: The lock a running run holds on its folder (:func:`hold_run_folder`); never an output, never uploaded.
-LOCK_FILE = ".ddpm_objectives_run.lock"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "checkpoint_complete"
 STAGING_FINAL = ".staging-final"
@@ -51,7 +49,7 @@ FINAL_OUTPUTS = (
 #: Dot-folders and files of interrupted saves (removed at the next start; never uploaded).
 LEFTOVER_PREFIXES = (".checkpoint-", ".pipeline-", ".staging", ".tmp")
 #: What stays local: leftovers and the ownership marker (fnmatch patterns, `*` also matches `/`).
-LOCAL_ONLY_PATTERNS = (*(f"{prefix}*" for prefix in LEFTOVER_PREFIXES), RUN_MARKER, LOCK_FILE)
+LOCAL_ONLY_PATTERNS = (*(f"{prefix}*" for prefix in LEFTOVER_PREFIXES), RUN_MARKER)
 #: Testing hook for the kill -9 tests: a comma-separated list of named points at which the process stops itself
 #: (SIGSTOP) after saying so on stderr. Read once at import; unset, a point costs one set lookup.
 STOP_AT_ENV = "DDPM_OBJECTIVES_HF_STOP_AT"
@@ -131,7 +129,7 @@ def is_run_folder(output_dir: str | os.PathLike) -> bool:
     root = Path(output_dir)
     if _made_by_this_tool(root / RUN_MARKER):
         return True
-    entries = [p for p in root.iterdir() if p.name != LOCK_FILE] if root.is_dir() else []
+    entries = list(root.iterdir()) if root.is_dir() else []
     return bool(entries) and all(
         CHECKPOINT_RE.match(p.name) and p.is_dir() and _made_by_this_tool(p / COMPLETE_MARKER) for p in entries
     )
@@ -146,7 +144,7 @@ def _made_by_this_tool(record: Path) -> bool:
 
 
 def _is_leftover(name: str) -> bool:
-    return name.startswith(LEFTOVER_PREFIXES) or name == LOCK_FILE
+    return name.startswith(LEFTOVER_PREFIXES)
 
 
 def run_outputs(output_dir: str | os.PathLike) -> list[Path]:
@@ -205,11 +203,9 @@ def check_output_dir(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a folder", parameter="output_dir")
-    if (out / LOCK_FILE).is_file():  # a running run's folder, whatever this run would do with it
-        probe = _lock(out / LOCK_FILE, "r", output_dir)
-        if probe is not None:
-            probe.close()  # free: released at once
-    if not out.is_dir() or not any(p.name != LOCK_FILE for p in out.iterdir()):
+    if out.is_dir():  # a running run's folder, whatever this run would do with it (free: released at once)
+        FolderLock(_lock_folder(out, output_dir)).close()
+    if not out.is_dir() or not any(out.iterdir()):
         return
     overwrite, resume = name_of("overwrite_output_dir"), name_of("resume_from_checkpoint")
     if not is_run_folder(out):
@@ -244,49 +240,65 @@ def check_output_dir(
         )
 
 
-def hold_run_folder(output_dir: str | os.PathLike):
-    """Hold ``output_dir`` for this run until the process ends: an exclusive ``flock`` on its :data:`LOCK_FILE`, taken
-    without waiting (main process, after :func:`check_output_dir`). The kernel releases it when the process ends,
-    however it ends, so the lock file a killed run leaves blocks nothing. Returns the open lock file, to be kept open
-    for the whole run (`None` where the system has no ``flock``).
+class FolderLock:
+    """An exclusive ``flock`` on a folder, held until :meth:`close` or until the object (or the process) goes."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+    __del__ = close
+
+
+def hold_run_folder(output_dir: str | os.PathLike) -> FolderLock:
+    """Hold ``output_dir`` for this run: an exclusive ``flock`` on the folder itself, taken without waiting, by the
+    main process just before it first writes there (:func:`prepare_output_dir`). No file is made for it, and the
+    kernel releases it when the holder closes it or ends, however it ends (a killed run blocks nothing). Keep the
+    returned lock for the whole run. (No lock where the system has no ``flock``.)
 
     Raises:
-        ConfigError: With ``parameter="output_dir"``, naming the run that holds the folder.
+        ConfigError: With ``parameter="output_dir"``, naming the process that holds the folder.
     """
-    import socket
-    import time
-
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    handle = _lock(root / LOCK_FILE, "a+", output_dir)
-    if handle is not None:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-    return handle
+    return FolderLock(_lock_folder(root, output_dir))
 
 
-def _lock(path: Path, mode: str, output_dir: str | os.PathLike):
-    """``path`` opened with an exclusive ``flock`` taken without waiting (`None` without ``flock``); a ConfigError
-    naming ``output_dir`` and the holder when another process has it."""
+def _lock_folder(root: Path, output_dir: str | os.PathLike) -> int | None:
+    """An open descriptor of ``root`` with an exclusive ``flock`` (`None` without ``flock``); a ConfigError naming
+    ``output_dir`` and the holder when another process has it."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system
         return None
-    handle = open(path, mode)  # noqa: SIM115  (the caller keeps it open, or closes it to release)
+    fd = os.open(root, os.O_RDONLY)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
+        os.close(fd)
         raise ConfigError(
-            f"output_dir {str(output_dir)!r} is in use by another run ({holder}); wait for it to end or choose "
-            "another folder",
+            f"output_dir {str(output_dir)!r} is in use by another run ({_lock_holder(root)}); wait for it to end or "
+            "choose another folder",
             parameter="output_dir",
         ) from None
-    return handle
+    return fd
+
+
+def _lock_holder(root: Path) -> str:
+    """The process holding a ``flock`` on ``root``, from Linux's ``/proc/locks`` (``"another process"`` elsewhere)."""
+    try:
+        inode = root.stat().st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                return f"pid {fields[4]}"
+    except (OSError, ValueError):
+        pass
+    return "another process"
 
 
 def prepare_output_dir(
