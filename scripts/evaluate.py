@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from ddpm_objectives_hf.errors import ConfigError
 from ddpm_objectives_hf.evaluation.fid import FID_FEATURES
 from ddpm_objectives_hf.ode import DIVERGENCES, METHODS, check_ode_options
 from ddpm_objectives_hf.options import (
+    OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     SEED,
     Range,
@@ -100,6 +102,13 @@ class EvalArguments:
     )
     seed: int = 0
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu")
+    num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch's CPU threads (default: $OMP_NUM_THREADS, else 1, as `accelerate launch` gives train.py: "
+            "with other work on the cores, several threads stall each other, a network call 180x slower measured)."
+        },
+    )
 
     def __post_init__(self):
         for name in ("model_dir", "split", "device"):
@@ -119,6 +128,7 @@ class EvalArguments:
         at_least_two = Range(ge=2, integer=True, optional=True)  # a mean and its standard error
         check_ranges(
             self,
+            num_threads=OPTIONAL_POSITIVE_INT,
             max_eval_samples=at_least_two,
             max_bpd_samples=at_least_two,
             max_ode_samples=at_least_two,
@@ -554,7 +564,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     args = parse_args(argv)
     check_environment(args)  # before any work: nothing is loaded or written yet
-    report = evaluate(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.num_threads or int(os.environ.get("OMP_NUM_THREADS") or 1))
+    try:
+        report = evaluate(args)
+    finally:
+        torch.set_num_threads(threads)  # as it was, for a caller in the same process
     summary = {k: report[k] for k in ("bpd_full", "bpd_fast", "fid", "classifier_view") if k in report}
     print(json.dumps(summary, indent=2, default=float))
 

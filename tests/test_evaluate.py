@@ -320,3 +320,19 @@ def test_a_plain_diffusers_pipeline_is_evaluated_under_its_own_variance_type(tmp
         bounds[variance_type] = report["bpd_full"]["bpd"]
     assert bounds["fixed_large_log"] == pytest.approx(bounds["fixed_large"], abs=1e-9)
     assert abs(bounds["fixed_small"] - bounds["fixed_large"]) > 0.05
+
+
+def test_threads_default_to_one_as_accelerate_launch_and_are_restored(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    """evaluate.py runs with --num_threads (default $OMP_NUM_THREADS, else 1, as `accelerate launch` gives train.py)
+    and gives the caller its threads back; 0 is refused naming the flag."""
+    seen = []
+    monkeypatch.setattr(evaluate, "evaluate", lambda args: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    assert run_eval(tiny_pipeline, tmp_path) == 0
+    assert run_eval(tiny_pipeline, tmp_path, "--num_threads", "2") == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run_eval(tiny_pipeline, tmp_path) == 0
+    assert seen == [1, 2, 3] and torch.get_num_threads() == before
+    assert run_eval(tiny_pipeline, tmp_path, "--num_threads", "0") == 2
+    assert "--num_threads must be an integer >= 1" in capsys.readouterr().err
