@@ -334,6 +334,7 @@ def eval_report(dataset: str, bpd: float, fid: float) -> dict:
     """A report shaped like the one scripts.evaluate.evaluate returns."""
     return {
         "data": {"dataset": dataset, "split": "test", "num_images": 40, "num_bpd_images": 20},
+        "objective": {"prediction_type": "epsilon", "variance_type": "fixed_large_log"},
         "num_train_timesteps": 1000,
         "bpd_full": {"bpd": bpd, "stderr": 0.05, "network_evaluations": 20000},
         "bpd_fast": {
@@ -376,6 +377,9 @@ def test_evaluation_goes_into_the_metadata_and_the_body_once(tmp_path):
     full = results["bits_per_dim", "full"]
     assert full.metric_value == 3.2 and full.dataset_name == "sklearn-digits" and full.dataset_split == "test"
     assert full.metric_args["stderr"] == 0.05
+    # the bound is of the model's own variance, named; the ODE has none
+    assert full.metric_args["variance_type"] == results["bits_per_dim", "fast"].metric_args["variance_type"]
+    assert full.metric_args["variance_type"] == "fixed_large_log" and "variance_type" not in ode.metric_args
     assert full.metric_args["ci95"] == pytest.approx(list(norm.interval(0.95, loc=3.2, scale=0.05)))
     assert results["bits_per_dim", "fast"].metric_args["ci95"] == report["bpd_fast"]["ci95"]
     fid = results["fid", "digits"]
