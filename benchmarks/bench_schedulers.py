@@ -159,8 +159,8 @@ def main(argv=None) -> int:
                 continue
             steps = 1000 if name.endswith("-1000") else args.steps
             scheduler_config = {**config, "noise_sampler_seed": 0}
-            if name == "DPMSolverSDEScheduler" and config["prediction_type"] == "sample":
-                scheduler_config["prediction_type"] = "epsilon"  # it implements no `sample`; the pipeline converts
+            if config["prediction_type"] == "sample":  # five schedulers implement no `sample`; the pipeline converts
+                scheduler_config["prediction_type"] = "epsilon"  # (as a saved DDPMObjectivePipeline's scheduler says)
             pipe.scheduler = cls.from_config(scheduler_config)
             start = time.perf_counter()
             images = pipe(batch_size=args.num_samples, num_inference_steps=steps, output_type="pt",

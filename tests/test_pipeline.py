@@ -121,6 +121,7 @@ KINDS = {
     "x0": Kind({"prediction_type": "sample"}),
     "v": Kind({"prediction_type": "v_prediction"}),
     "eps-learned": Kind({"prediction_type": "epsilon", **LEARNED}),
+    "x0-learned": Kind({"prediction_type": "sample", **LEARNED}),  # saved speaking ε: 5 schedulers lack `sample`
     "mean": Kind({"prediction_type": "mean"}),
     "cond-null": Kind({"prediction_type": "v_prediction", **LEARNED}, 3, 3, (0, 2)),
     "cond-no-null": Kind({"prediction_type": "epsilon"}, 3, None, (1, 2)),
@@ -182,10 +183,11 @@ def test_saved_folder_is_of_its_kind(saved, name):
         assert (folder / "pipeline.py").read_bytes() == Path(pipeline_module.__file__).read_bytes()
         assert index["prediction_type"] == kind.options["prediction_type"]
         assert (index["num_classes"], index["null_class_label"]) == (kind.num_classes, kind.null_class_label)
-    # diffusers has no μ̃ target: the saved scheduler is fed ε̂, the true target is in the pipeline and objective.json
-    expected = "epsilon" if name == "mean" else kind.options["prediction_type"]
-    assert scheduler_config["prediction_type"] == expected
-    assert objective.get("prediction_type", expected) == kind.options["prediction_type"]
+    # the saved scheduler is fed ε̂ for μ̃ (diffusers has no such target) and, in a DDPMObjectivePipeline, for x0 (five
+    # schedulers lack `sample`): the true target is the pipeline's prediction_type (and objective.json's for μ̃)
+    speaks_eps = name == "mean" or (name not in PLAIN and kind.options["prediction_type"] == "sample")
+    assert scheduler_config["prediction_type"] == ("epsilon" if speaks_eps else kind.options["prediction_type"])
+    assert objective.get("prediction_type", kind.options["prediction_type"]) == kind.options["prediction_type"]
     assert scheduler_config["variance_type"] == kind.options.get("variance_type", "fixed_small")
     assert "plugin_scheduler" not in objective
 

@@ -128,6 +128,10 @@ def sampling_pipeline(
     sampler = diffusers_scheduler(scheduler)
     if not needs_remote_code(scheduler, num_classes):
         return DDPMPipeline(unet=unet, scheduler=sampler)
+    if sampler.config.prediction_type == "sample":
+        # the saved scheduler speaks ε for an x0 model too: PNDM, Euler ancestral, KDPM2 (both) and DPM-Solver-SDE,
+        # swapped in from its config, implement no `sample` prediction; the pipeline converts the model's x̂0
+        sampler = DDPMScheduler.from_config(sampler.config, prediction_type="epsilon")
     return DDPMObjectivePipeline(
         unet=unet,
         scheduler=sampler,
