@@ -1017,7 +1017,7 @@ def _train(
             ema.copy_to(unet.parameters())
         unet = unet.to(memory_format=torch.contiguous_format).float()
         check_finite_weights(unet, None, state.step, name_of=flag)
-        with staged_outputs(output_dir, remove=FINAL_OUTPUTS, label="final") as staging:
+        with staged_outputs(output_dir, remove=FINAL_OUTPUTS) as staging:
             write_card = _save_everything(
                 unet, scheduler, state, data_args, obj, run, staging, classes, model_args.pretrained_model_name_or_path
             )

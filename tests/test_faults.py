@@ -1,8 +1,8 @@
 """Faults: kill -9 during checkpoints and the final save, folders that are not this tool's, hostile checkpoints,
 non-finite weights, a failing final save.
 
-The kill tests run the real script as a subprocess. `DDPM_OBJECTIVES_HF_STOP_AT` names points at which it stops
-itself (SIGSTOP): the test copies the folder there (exactly what a kill at that moment leaves on disk), lets it go on,
+The kill tests run the real script as a subprocess; through `tests/stop_at.py` it stops itself (SIGSTOP) at named
+points of a save (hooks of the test, none in the product): the test copies the folder there (exactly what a kill at that moment leaves on disk), lets it go on,
 and kills it with SIGKILL at the last point; others are killed with SIGKILL after seeded random delays. Every
 interrupted folder is then resumed with `--resume_from_checkpoint latest`, and must end as the uninterrupted run ends:
 a pipeline diffusers loads, complete checkpoints only, no leftovers, the same weights (resuming is bit-exact).
@@ -31,7 +31,6 @@ from ddpm_objectives_hf.training.run_folder import (
     COMPLETE_MARKER,
     LOCAL_ONLY_PATTERNS,
     RUN_MARKER,
-    STOP_AT_ENV,
     clean_leftovers,
     list_checkpoints,
 )
@@ -50,17 +49,19 @@ def _args(output_dir: Path, *extra: str, steps: int) -> list[str]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != STOP_AT_ENV}
+    env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg"
     )
     return {**env, **extra}
 
 
-def _start(out: Path, log: Path, *flags: str, **env: str) -> subprocess.Popen:
-    argv = [sys.executable, str(SCRIPT), *_args(out, *flags, steps=STEPS)]
+def _start(out: Path, log: Path, *flags: str, stop_at: tuple[str, ...] = ()) -> subprocess.Popen:
+    """train.py in a subprocess; with ``stop_at``, through tests/stop_at.py, which stops it at those points."""
+    launcher = [str(Path(__file__).with_name("stop_at.py")), ",".join(stop_at)] if stop_at else []
+    argv = [sys.executable, *launcher, str(SCRIPT), *_args(out, *flags, steps=STEPS)]
     with open(log, "wb") as handle:
-        return subprocess.Popen(argv, cwd=ROOT, env=_env(**env), stdout=handle, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=handle, stderr=subprocess.STDOUT)
 
 
 def _resume(out: Path, *flags: str, capsys=None) -> None:
@@ -105,7 +106,7 @@ def test_kill_during_checkpoints_and_final_save_then_resume(tmp_path: Path, caps
     rng = random.Random(20240607)
     # stopped at named points (copied there), killed at the last; others killed at random moments
     stopped_out = tmp_path / "stopped"
-    stopped = _start(stopped_out, tmp_path / "stopped.log", *KILL_FLAGS, **{STOP_AT_ENV: ",".join(STOPS)})
+    stopped = _start(stopped_out, tmp_path / "stopped.log", *KILL_FLAGS, stop_at=tuple(STOPS))
     randoms, threads, killed = [], [], []
     for i in range(RANDOM_KILLS):
         out = tmp_path / f"random-{i}"

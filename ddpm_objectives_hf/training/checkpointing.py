@@ -26,7 +26,6 @@ from .run_folder import (
     CHECKPOINT_RE,
     COMPLETE_MARKER,
     TOOL,
-    fault_point,
     list_checkpoints,
     read_json,
     remove_path,
@@ -265,14 +264,12 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / IDENTITY_FILE).write_text(json.dumps(identity or {}, indent=2, default=str) + "\n")
-        fault_point(f"checkpoint-{step}:saved")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"created_by": TOOL, "step": step, "files": files}) + "\n")
         remove_path(final)
         os.replace(tmp, final)
         if total_limit is not None and total_limit > 0:
             for old in list_checkpoints(root)[:-total_limit]:
-                fault_point(f"checkpoint-{step}:pruning")
                 remove_path(old)
     accelerator.wait_for_everyone()
     return final

@@ -19,8 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -50,18 +48,6 @@ FINAL_OUTPUTS = (
 LEFTOVER_PREFIXES = (".checkpoint-", ".pipeline-", ".staging", ".tmp")
 #: What stays local: leftovers and the ownership marker (fnmatch patterns, `*` also matches `/`).
 LOCAL_ONLY_PATTERNS = (*(f"{prefix}*" for prefix in LEFTOVER_PREFIXES), RUN_MARKER)
-#: Testing hook for the kill -9 tests: a comma-separated list of named points at which the process stops itself
-#: (SIGSTOP) after saying so on stderr. Read once at import; unset, a point costs one set lookup.
-STOP_AT_ENV = "DDPM_OBJECTIVES_HF_STOP_AT"
-_STOP_AT = frozenset(filter(None, os.environ.get(STOP_AT_ENV, "").split(",")))
-
-
-def fault_point(name: str) -> None:
-    """Stop here (SIGSTOP) if ``name`` is listed in ``$DDPM_OBJECTIVES_HF_STOP_AT``: the test then copies the folder
-    (what a kill at this moment would leave), resumes the process or kills it."""
-    if name in _STOP_AT:
-        print(f"{TOOL}: stopped at {name}", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -357,13 +343,11 @@ def _finish_swap(staging: Path, root: Path) -> None:
     for name in last:
         if (staging / name).exists():
             retire(name)
-    for index, name in enumerate(first):
+    for name in first:
         if (staging / name).exists():
             if (root / name).is_dir() or (staging / name).is_dir():
                 retire(name)
             os.replace(staging / name, root / name)
-        if index == len(first) // 2 and record.get("label"):
-            fault_point(f"{record['label']}:swapping")
     for name in record.get("remove", []):
         if name not in record["entries"]:
             retire(name)
@@ -376,7 +360,7 @@ def _finish_swap(staging: Path, root: Path) -> None:
 
 @contextlib.contextmanager
 def staged_outputs(
-    output_dir: str | os.PathLike, name: str = STAGING_FINAL, remove: Iterable[str] = (), label: str | None = None
+    output_dir: str | os.PathLike, name: str = STAGING_FINAL, remove: Iterable[str] = ()
 ) -> Iterator[Path]:
     """Build outputs in ``output_dir/name``, then swap them in as a whole.
 
@@ -389,7 +373,6 @@ def staged_outputs(
         output_dir: Where the outputs go.
         name: The staging folder's name (a dot-folder that uploads ignore).
         remove: Outputs of a previous save that must not survive this one if it does not rewrite them.
-        label: Name of the :func:`fault_point`\\ s (`None`: none).
     """
     root = Path(output_dir)
     staging = root / name
@@ -400,8 +383,6 @@ def staged_outputs(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if label:
-        fault_point(f"{label}:staged")
     entries = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
-    write_json(staging / STAGED_RECORD, {"entries": entries, "remove": sorted(remove), "label": label})
+    write_json(staging / STAGED_RECORD, {"entries": entries, "remove": sorted(remove)})
     _finish_swap(staging, root)
