@@ -72,8 +72,9 @@ def run_baseline(args, seed: int) -> dict:
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from ddpm_objectives_hf.training.arguments import ModelArguments
     from ddpm_objectives_hf.training.data import OnTheFlyTransform, digits_dataset
-    from scripts.train import ModelArguments, build_model
+    from ddpm_objectives_hf.training.models import build_model
 
     out = tempfile.mkdtemp(prefix="bench-baseline-")
     # train.py flushes denormals on CPU, process-wide; the diffusers example does not: restore torch's default
@@ -224,7 +225,8 @@ def run_unet_only(args, seed: int) -> dict:
     data, optimizer, clipping or EMA (denormals flushed as train.py does); what no training loop can beat."""
     from diffusers import DDPMScheduler
 
-    from scripts.train import ModelArguments, build_model
+    from ddpm_objectives_hf.training.arguments import ModelArguments
+    from ddpm_objectives_hf.training.models import build_model
 
     torch.manual_seed(seed)
     torch.set_flush_denormal(True)

@@ -22,6 +22,7 @@ from ddpm_objectives_hf.training.data import (
     images_to_tensor,
     labels_to_tensor,
 )
+from ddpm_objectives_hf.training.state import Classes
 from scripts import evaluate, train
 
 T = 50
@@ -92,14 +93,14 @@ def test_in_memory_labels_follow_the_batch_indices():
 
 
 def test_label_dropout_replaces_labels_by_the_null_class():
-    classes = train.Classes(num_classes=10, dropout=0.3, label_column="label")
+    classes = Classes(num_classes=10, dropout=0.3, label_column="label")
     assert classes.null_class_label == 10
     labels = torch.arange(10).repeat(2000)
     dropped = classes.drop(labels, torch.Generator().manual_seed(0))
     kept = dropped != 10
     assert torch.equal(dropped[kept], labels[kept])
     assert abs((~kept).double().mean().item() - 0.3) < 0.01  # 20,000 draws: 3.5 standard errors
-    none = train.Classes(num_classes=10, dropout=0.0, label_column="label")
+    none = Classes(num_classes=10, dropout=0.0, label_column="label")
     assert none.null_class_label is None
     assert torch.equal(none.drop(labels, torch.Generator().manual_seed(0)), labels)
 

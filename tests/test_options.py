@@ -195,9 +195,9 @@ def test_readme_objective_flags_exist_with_todays_defaults():
 
 
 def test_train_parses_the_derived_flags():
-    from scripts import train
+    from ddpm_objectives_hf.training.arguments import parse_args
 
-    obj = train.parse_args([])[2]
+    obj = parse_args([])[2]
     assert [f.name for f in dataclasses.fields(obj)] == [f.name for f in dataclasses.fields(objective_arguments())]
     assert type(build_scheduler(obj)) is DDPMObjectiveScheduler
 

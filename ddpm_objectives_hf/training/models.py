@@ -150,3 +150,83 @@ def family_of(config_or_model: Mapping[str, Any] | torch.nn.Module, parameter: s
             parameter=parameter,
         )
     return FAMILIES[name]
+
+
+# ---------------------------------------------------------------------------------------------------- building
+def build_model(
+    args,
+    resolution: int,
+    channels: int,
+    learned_variance: bool,
+    num_classes: int | None = None,
+    null_class: bool = False,
+):
+    """The denoiser: a `UNet2DModel` from the flags (sinusoidal time embedding, as in DDPM), or the model class of
+    ``--model_config_name_or_path`` (:mod:`ddpm_objectives_hf.training.models`); ``out_channels`` 2C with a learned
+    variance, and a class embedding of ``num_classes`` (plus the null class) for a class-conditional model."""
+
+    if args.pretrained_model_name_or_path:
+        return _pretrained_model(args, channels, learned_variance)
+    if args.model_config_name_or_path:
+        config = read_config(args.model_config_name_or_path)
+    else:
+        n = len(args.block_out_channels)
+        down = ["AttnDownBlock2D" if i == args.attention_resolution_index else "DownBlock2D" for i in range(n)]
+        up = ["AttnUpBlock2D" if n - 1 - i == args.attention_resolution_index else "UpBlock2D" for i in range(n)]
+        config = dict(
+            _class_name="UNet2DModel",
+            block_out_channels=tuple(args.block_out_channels),
+            layers_per_block=args.layers_per_block,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            norm_num_groups=args.norm_num_groups,
+            dropout=args.dropout,
+            time_embedding_type="positional",  # sinusoidal time embedding, as in DDPM (Ho et al. 2020)
+        )
+    family = family_of(config)
+    out_channels = 2 * channels if learned_variance else channels
+    if config.get("out_channels") not in (None, out_channels):
+        raise ConfigError(
+            f"model_config_name_or_path: out_channels={config['out_channels']} does not fit the variance "
+            f"(needs {out_channels}: {'2 × ' if learned_variance else ''}{channels} channels)",
+            parameter="model_config_name_or_path",
+        )
+    config = family.configure(config, resolution=resolution, channels=channels, out_channels=out_channels,
+                              num_classes=num_classes, null_class=null_class)  # fmt: skip
+    family.check_resolution(config, resolution)
+    model = family.model_class.from_config(config)
+    return family.prepare_for_training(model)
+
+
+def _pretrained_model(args, channels: int, learned_variance: bool):
+    """The pretrained denoiser, its output layer widened for a learned variance that starts as its fixed one
+    (learned_range's v = −1 is β̃_t, +1 is β_t)."""
+
+    family = family_of(read_config(pretrained_unet_config(args)), parameter="pretrained_model_name_or_path")
+    source, kwargs = args.pretrained_model_name_or_path, {"revision": args.revision, "variant": args.variant}
+    model = family.model_class.from_pretrained(source, subfolder="unet", **kwargs)
+    if model.config.in_channels != channels:
+        raise ConfigError(
+            f"pretrained_model_name_or_path: the model takes {model.config.in_channels} channels, the data has "
+            f"{channels}",
+            parameter="pretrained_model_name_or_path",
+        )
+    if learned_variance and model.config.out_channels == channels:
+        from diffusers import DDPMScheduler
+
+        fixed = DDPMScheduler.load_config(source, subfolder="scheduler", revision=args.revision)["variance_type"]
+        model = family.widen_output(model, 2 * channels, 1.0 if fixed.startswith("fixed_large") else -1.0)
+    return family.prepare_for_training(model)
+
+
+def pretrained_unet_config(model_args):
+    """The pretrained denoiser's config location: a local ``unet/`` folder, or the Hub file."""
+    from .data import local_path
+
+    source = model_args.pretrained_model_name_or_path
+    local = local_path(source)
+    if local is not None:
+        return str(local / "unet")
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(source, "unet/config.json", revision=model_args.revision)
