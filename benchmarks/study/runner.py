@@ -225,6 +225,10 @@ def measure(spec: RunSpec) -> None:
         path = folder / "evals" / f"{name}.json"
         if read_or_none(path) is not None:
             continue
+        if step != p.steps and not (folder / "ema" / f"step-{step}.safetensors").is_file():
+            # a curve point added after this run was trained: its weights were not kept (rerun the run to measure)
+            logger.warning("%s seed %d: no weights kept at step %d; %s not measured", spec.name, spec.seed, step, name)
+            continue
         ref = reference(spec.device)
         kind = settings["kind"]
         if kind == "bpd":
