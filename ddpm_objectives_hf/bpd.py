@@ -147,7 +147,7 @@ class GaussianSurrogate:
             prediction_type="epsilon", variance_type="fixed_small", loss_type="mse", loss_weighting="simple"
         )
         self.scheduler = type(scheduler).from_config(options)
-        self.ac = scheduler.alphas_cumprod.double()
+        self.ac = scheduler.alphas_cumprod64  # float64, finite where the float32 product underflows
         self.draws = draws
 
     def __call__(self, noisy_samples: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

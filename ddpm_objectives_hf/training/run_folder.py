@@ -264,13 +264,16 @@ def _lock_folder(root: Path, output_dir: str | os.PathLike) -> int | None:
     fd = os.open(root, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held by another process
         os.close(fd)
         raise ConfigError(
             f"output_dir {str(output_dir)!r} is in use by another run ({_lock_holder(root)}); wait for it to end or "
             "choose another folder",
             parameter="output_dir",
         ) from None
+    except OSError:  # a file system without flock (some network mounts): the run goes on unlocked
+        os.close(fd)
+        return None
     return fd
 
 
