@@ -390,3 +390,13 @@ def test_cli_dry_run_and_bad_objective(capsys):
     assert "profile quick: 4 runs, 400 training steps" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         study_objectives.parse_args(["--objectives", "nope"])
+
+
+def test_the_study_reads_the_digits_as_evaluate_py_does():
+    """The study's reference images (its FID reference and bits/dim data) are evaluate.py's, value for value."""
+    from benchmarks.study.measure import load_digits
+    from scripts.evaluate import EvalArguments, load_images
+
+    for split in ("train", "test"):
+        expected, _ = load_images(EvalArguments(model_dir="digits", split=split, fid_features="digits"), 1, 8)
+        assert torch.equal(load_digits(split), expected)

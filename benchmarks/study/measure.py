@@ -45,11 +45,12 @@ class Reference:
 
 
 def load_digits(split: str) -> torch.Tensor:
-    """A digits split as evaluate.py reads it, [N, 1, 8, 8] in [−1, 1]."""
-    from scripts.evaluate import EvalArguments, load_images
+    """A digits split as evaluate.py and train.py read it (the fixed split of ``load_digits_split``), [N, 1, 8, 8] in
+    [−1, 1]: uint8 x ↦ x / 127.5 − 1."""
+    from ddpm_objectives_hf.training.data import load_digits_split
 
-    images, _ = load_images(EvalArguments(model_dir="digits", split=split, fid_features="digits"), 1, 8)
-    return images
+    images, _ = load_digits_split(split)
+    return torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
 
 
 def load_reference(device: str | torch.device = "cpu") -> Reference:
