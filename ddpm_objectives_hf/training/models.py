@@ -161,10 +161,10 @@ def build_model(
     num_classes: int | None = None,
     null_class: bool = False,
 ):
-    """The denoiser: a `UNet2DModel` from the flags (sinusoidal time embedding, as in DDPM), or the model class of
-    ``--model_config_name_or_path`` (:mod:`ddpm_objectives_hf.training.models`); ``out_channels`` 2C with a learned
-    variance, and a class embedding of ``num_classes`` (plus the null class) for a class-conditional model."""
-
+    """The denoiser of the model options ``args``: a pretrained pipeline's (``pretrained_model_name_or_path``), the
+    family of a model config (``model_config_name_or_path``), or a `UNet2DModel` from the UNet options (sinusoidal
+    time embedding, as in DDPM); ``out_channels`` 2C with a learned variance, and a class embedding of
+    ``num_classes`` (plus the null class) for a class-conditional model."""
     if args.pretrained_model_name_or_path:
         return _pretrained_model(args, channels, learned_variance)
     if args.model_config_name_or_path:
@@ -201,7 +201,6 @@ def build_model(
 def _pretrained_model(args, channels: int, learned_variance: bool):
     """The pretrained denoiser, its output layer widened for a learned variance that starts as its fixed one
     (learned_range's v = −1 is β̃_t, +1 is β_t)."""
-
     family = family_of(read_config(pretrained_unet_config(args)), parameter="pretrained_model_name_or_path")
     source, kwargs = args.pretrained_model_name_or_path, {"revision": args.revision, "variant": args.variant}
     model = family.model_class.from_pretrained(source, subfolder="unet", **kwargs)
