@@ -289,18 +289,11 @@ def parse_args(argv: list[str] | None = None):
 def pretrained_defaults(model_args: ModelArguments) -> dict:
     """The flag defaults of a pretrained pipeline: its scheduler's options (with its ``objective.json`` where it has
     one), its image size and its class conditioning."""
-    from ..errors import PipelineError
-    from .pipelines import load_for_evaluation
+    from .models import read_pretrained
 
-    try:
-        unet, scheduler, objective = load_for_evaluation(
-            model_args.pretrained_model_name_or_path, revision=model_args.revision, variant=model_args.variant,
-            parameter="pretrained_model_name_or_path",
-        )  # fmt: skip
-    except PipelineError as err:
-        raise ConfigError(str(err), parameter="pretrained_model_name_or_path") from err
+    _, config, scheduler, objective = read_pretrained(model_args)
     defaults = {name: scheduler.config[name] for name in scheduler.option_names()}
-    size = unet.config.sample_size
+    size = config["sample_size"]
     defaults["resolution"] = size if isinstance(size, int) else size[0]
     if objective.get("num_classes") is not None:
         defaults["class_conditional"] = True
@@ -370,10 +363,9 @@ def resolution_of(data_args: DataArguments) -> int:
 def check_pretrained(data_args: DataArguments, model_args: ModelArguments, scheduler) -> None:
     """A pretrained model that contradicts the flags: another image size, a learned variance the objective drops, a
     class embedding the run does not use (or the reverse), a learned variance its family cannot add."""
-    from .models import family_of, pretrained_unet_config, read_config
+    from .models import read_pretrained
 
-    config = read_config(pretrained_unet_config(model_args))
-    family = family_of(config, parameter="pretrained_model_name_or_path")
+    family, config, _, _ = read_pretrained(model_args)
     size = config.get("sample_size")
     size = size if isinstance(size, int) else size[0]
     if resolution_of(data_args) != size:

@@ -138,6 +138,22 @@ def read_config(path: str) -> dict:
     return dict(UNet2DModel.load_config(path))  # load_config reads the JSON whatever its _class_name
 
 
+def read_pretrained(model_args) -> tuple[ModelFamily, dict, Any, dict]:
+    """The configs of ``model_args.pretrained_model_name_or_path`` (no weights): ``(family, denoiser config,
+    objective scheduler, objective)`` (:func:`~.pipelines.read_pipeline`)."""
+    from ..errors import PipelineError
+    from .pipelines import read_pipeline
+
+    try:
+        model_class, config, scheduler, objective = read_pipeline(
+            model_args.pretrained_model_name_or_path, revision=model_args.revision,
+            parameter="pretrained_model_name_or_path",
+        )  # fmt: skip
+    except PipelineError as err:
+        raise ConfigError(str(err), parameter="pretrained_model_name_or_path") from err
+    return FAMILIES[model_class.__name__], config, scheduler, objective
+
+
 def family_of(config_or_model: Mapping[str, Any] | torch.nn.Module, parameter: str = "model_config_name_or_path"):
     """The family of a config (its ``_class_name``) or of a model; a class without one raises a `ConfigError`."""
     if isinstance(config_or_model, torch.nn.Module):
@@ -201,7 +217,7 @@ def build_model(
 def _pretrained_model(args, channels: int, learned_variance: bool):
     """The pretrained denoiser, its output layer widened for a learned variance that starts as its fixed one
     (learned_range's v = −1 is β̃_t, +1 is β_t)."""
-    family = family_of(read_config(pretrained_unet_config(args)), parameter="pretrained_model_name_or_path")
+    family, _, pretrained_scheduler, _ = read_pretrained(args)
     source, kwargs = args.pretrained_model_name_or_path, {"revision": args.revision, "variant": args.variant}
     model = family.model_class.from_pretrained(source, subfolder="unet", **kwargs)
     if model.config.in_channels != channels:
@@ -211,21 +227,6 @@ def _pretrained_model(args, channels: int, learned_variance: bool):
             parameter="pretrained_model_name_or_path",
         )
     if learned_variance and model.config.out_channels == channels:
-        from diffusers import DDPMScheduler
-
-        fixed = DDPMScheduler.load_config(source, subfolder="scheduler", revision=args.revision)["variance_type"]
+        fixed = pretrained_scheduler.config.variance_type
         model = family.widen_output(model, 2 * channels, 1.0 if fixed.startswith("fixed_large") else -1.0)
     return family.prepare_for_training(model)
-
-
-def pretrained_unet_config(model_args):
-    """The pretrained denoiser's config location: a local ``unet/`` folder, or the Hub file."""
-    from .data import local_path
-
-    source = model_args.pretrained_model_name_or_path
-    local = local_path(source)
-    if local is not None:
-        return str(local / "unet")
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(source, "unet/config.json", revision=model_args.revision)

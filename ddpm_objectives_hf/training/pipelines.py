@@ -77,10 +77,8 @@ def needs_remote_code(scheduler: DDPMObjectiveScheduler, num_classes: int | None
     return num_classes is not None or scheduler.learned_variance or bool(_outside_ddpm_scheduler(scheduler))
 
 
-def _check_classes(unet, num_classes: int | None, null_class_label: int | None) -> None:
-    from .models import family_of
-
-    embeds = family_of(unet).embedded_classes(unet.config)
+def _check_classes(embeds: int | None, num_classes: int | None, null_class_label: int | None) -> None:
+    """``num_classes`` and ``null_class_label`` against the ``embeds`` labels the model embeds."""
     if num_classes is None:
         if embeds is not None:
             raise PipelineError(
@@ -124,7 +122,9 @@ def sampling_pipeline(
     Raises:
         PipelineError: if the classes do not fit the UNet's class embedding.
     """
-    _check_classes(unet, num_classes, null_class_label)
+    from .models import family_of
+
+    _check_classes(family_of(unet).embedded_classes(unet.config), num_classes, null_class_label)
     sampler = diffusers_scheduler(scheduler)
     if not needs_remote_code(scheduler, num_classes):
         return DDPMPipeline(unet=unet, scheduler=sampler)
@@ -204,7 +204,32 @@ def load_for_evaluation(
     variant: str | None = None,
     parameter: str = "MODEL_DIR",
 ) -> tuple[torch.nn.Module, DDPMObjectiveScheduler, dict]:
-    """Load a saved pipeline (local folder or Hub id) as ``(unet, objective scheduler, objective)``.
+    """Load a saved pipeline (local folder or Hub id) as ``(unet, objective scheduler, objective)``: what
+    :func:`read_pipeline` reads, and the denoiser's weights (``variant``: e.g. ``fp16`` reads
+    ``diffusion_pytorch_model.fp16.safetensors``) on ``device``."""
+    unet_class, _, scheduler, objective = read_pipeline(model_dir, scheduler_class, revision=revision,
+                                                         parameter=parameter)  # fmt: skip
+    from .data import local_path
+
+    source = str(local_path(model_dir) or model_dir)
+    try:
+        unet = unet_class.from_pretrained(source, subfolder="unet", revision=revision, variant=variant)
+    except (OSError, ValueError) as err:
+        raise PipelineError(
+            f"{parameter} {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
+        ) from err
+    return unet.to(device).eval(), scheduler, objective
+
+
+def read_pipeline(
+    model_dir: str,
+    scheduler_class: type[DDPMObjectiveScheduler] = DDPMObjectiveScheduler,
+    *,
+    revision: str | None = None,
+    parameter: str = "MODEL_DIR",
+) -> tuple[type, dict, DDPMObjectiveScheduler, dict]:
+    """Read a saved pipeline's configs (local folder or Hub id), not its weights, as ``(denoiser class, its config,
+    objective scheduler, objective)``.
 
     Reads ``model_index.json``, ``unet/``, the scheduler config and ``objective.json`` (no pipeline code is run, so
     a :class:`DDPMObjectivePipeline` folder needs no ``trust_remote_code``). The scheduler is ``scheduler_class``
@@ -216,15 +241,13 @@ def load_for_evaluation(
 
     Args:
         model_dir (`str`): a pipeline folder or Hub model id.
-        device (`str` or `torch.device`): where the UNet goes.
         scheduler_class (`type`, defaults to `DDPMObjectiveScheduler`): the scheduler to rebuild (a subclass that
             adds options reads them from ``objective.json``).
         revision (`str`, *optional*): the Hub revision (branch, tag or commit).
-        variant (`str`, *optional*): the weights variant (``fp16`` reads ``diffusion_pytorch_model.fp16.safetensors``).
         parameter (`str`, defaults to `"MODEL_DIR"`): how errors name the source (the flag that gave it).
 
     Returns:
-        ``(unet, scheduler, objective)``: ``objective`` is :func:`objective_config` of the scheduler plus the extra
+        ``(denoiser class, denoiser config, scheduler, objective)``: ``objective`` is :func:`objective_config` of the scheduler plus the extra
         information of ``objective.json`` (``timestep_sampler``, ``dataset``, ``train_steps``, ...) and the
         pipeline's ``num_classes`` and ``null_class_label`` (`None` for an unconditional model).
     """
@@ -259,7 +282,7 @@ def load_for_evaluation(
             f"{' or '.join(FAMILIES)} with a DDPM-family scheduler (DDPMScheduler or a subclass)"
         )
     try:
-        unet = unet_class.from_pretrained(source, subfolder="unet", revision=revision, variant=variant)
+        unet_config = dict(unet_class.load_config(source, subfolder="unet", revision=revision))
         scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", revision=revision)
     except (OSError, ValueError) as err:
         raise PipelineError(
@@ -267,7 +290,7 @@ def load_for_evaluation(
         ) from err
     num_classes, null_class_label = index.get("num_classes"), index.get("null_class_label")
     try:
-        _check_classes(unet, num_classes, null_class_label)
+        _check_classes(FAMILIES[unet_class.__name__].embedded_classes(unet_config), num_classes, null_class_label)
     except PipelineError as err:
         raise PipelineError(f"{parameter} {model_dir!r}: {err}") from err
 
@@ -291,7 +314,8 @@ def load_for_evaluation(
     extra = {k: v for k, v in objective.items() if k not in names}
     conditioning = {"num_classes": num_classes, "null_class_label": null_class_label}
     return (
-        unet.to(device).eval(),
+        unet_class,
+        unet_config,
         objective_scheduler,
         {**objective_config(objective_scheduler), **extra, **conditioning},
     )
