@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training throughput of ``scripts/train.py`` against a plain diffusers-style loop, in one process.
+"""Training throughput of ``scripts/train.py`` against a plain diffusers-style loop.
 
 * baseline: a faithful, condensed copy of the hot loop of diffusers'
   ``examples/unconditional_image_generation/train_unconditional.py``: a `datasets` dataset with ``set_transform``
@@ -10,7 +10,7 @@
   ``foreach=False``), ``torch.optim.AdamW`` (torch's default implementation choice), ``noise_scheduler.add_noise``,
   ``F.mse_loss``, ``accelerator.backward``, ``clip_grad_norm_``, the LR scheduler step and
   ``loss.detach().item()`` + progress bar + ``accelerator.log`` every step;
-* candidate: ``scripts/train.py``'s ``train()`` itself, run in-process on the same data (the embedded digits), the
+* candidate: ``scripts/train.py`` itself, run in a child process on the same data (the embedded digits), the
   same UNet (``build_model`` of train.py), batch size, optimizer hyper-parameters, EMA and LR schedule.
 
 What is timed: only the training loop. Both are measured the same way, in windows of ``--window`` optimizer steps
@@ -31,13 +31,12 @@ thread whenever another process holds a core, and the timings become meaningless
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 # train_unconditional.py's defaults, used by both loops
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
 HYPER = {
     "learning_rate": 1e-4,
     "lr_scheduler": "cosine",
@@ -204,14 +204,13 @@ def train_py_argv(args, seed: int, output_dir: str, channels_last: bool) -> list
 
 
 def run_train_py(args, seed: int, channels_last: bool = False) -> dict:
-    """scripts/train.py's train() in this process; the windows from its logged images/s."""
-    from scripts.train import parse_args, train
-
+    """``python scripts/train.py`` in a child process with this process's torch threads; the windows from its logged
+    images/s (so the child's start-up, which no window holds, is not timed)."""
     out = tempfile.mkdtemp(prefix="bench-train-py-")
-    data_args, model_args, obj, run = parse_args(train_py_argv(args, seed, out, channels_last))
-    with contextlib.redirect_stdout(io.StringIO()):
-        output_dir = train(data_args, model_args, obj, run)
-    history = json.loads((Path(output_dir) / "loss_history.json").read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    argv = train_py_argv(args, seed, out, channels_last)
+    subprocess.run([sys.executable, str(TRAIN_SCRIPT), *argv], env=env, check=True, capture_output=True)
+    history = json.loads((Path(out) / "loss_history.json").read_text())
     windows, previous = [], 0
     for h in history:
         images = (h["step"] - previous) * args.batch_size

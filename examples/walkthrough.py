@@ -5,7 +5,7 @@
     python examples/walkthrough.py --model_dir /tmp/walkthrough-model  # reuses (or trains into) that folder
 
 The model is the README's quick start: ``scripts/train.py`` with its defaults (the embedded digits, 2,000 steps),
-trained by ``scripts.train.main(["--output_dir", MODEL_DIR])`` unless ``MODEL_DIR`` already holds a pipeline. On it:
+trained by ``python scripts/train.py --output_dir MODEL_DIR`` unless ``MODEL_DIR`` already holds a pipeline. On it:
 
 1. the terms of the variational bound over t on held-out digits (`variational_bound`): L_T, L_{t−1}, L_0 and their
    sum, the bits/dim, beside the exact likelihood of the same digits by the probability-flow ODE and the gap; and the mean-matching identity L_{t−1} = λ_t · ‖ε − ε̂‖² checked on the model;
@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,13 +33,11 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `scripts.train` is imported from the repository root
-    sys.path.insert(0, str(ROOT))
+from ddpm_objectives_hf import DDPMObjectiveScheduler, variational_bound
+from ddpm_objectives_hf.likelihood import LOG2
+from ddpm_objectives_hf.weighting import WEIGHTINGS
 
-from ddpm_objectives_hf import DDPMObjectiveScheduler, variational_bound  # noqa: E402
-from ddpm_objectives_hf.likelihood import LOG2  # noqa: E402
-from ddpm_objectives_hf.weighting import WEIGHTINGS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = ("epsilon", "sample", "v_prediction", "mean")
 TARGET_ERROR = {"epsilon": "‖ε − ε̂‖²", "sample": "‖x0 − x̂0‖²", "v_prediction": "‖v − v̂‖²", "mean": "‖μ̃ − μ̂‖²"}
@@ -73,13 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ensure_model(model_dir: Path) -> dict:
     """Train the quick-start model into ``model_dir`` unless it already holds a pipeline; return how it was made."""
     if not (model_dir / "model_index.json").is_file():
-        import scripts.train
-
         print(f"training the quick-start model into {model_dir} (scripts/train.py defaults, ~6–10 min on 2 cores)")
         start = time.perf_counter()
-        code = scripts.train.main(["--output_dir", str(model_dir)])
-        if code:
-            raise SystemExit(code)
+        code = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--output_dir", str(model_dir)])
+        if code.returncode:
+            raise SystemExit(code.returncode)
         print(f"trained in {time.perf_counter() - start:.0f} s")
     config = json.loads((model_dir / "training_config.json").read_text())
     return {"objective": config["objective"], "run": config["run"], "model": config["model"]}
@@ -393,7 +390,7 @@ def write_page(
         "section numbers (§) refer to it.",
         "",
         "**The model** is the README's quick start: `scripts/train.py` with its defaults, trained by "
-        '`scripts.train.main(["--output_dir", MODEL_DIR])`: the embedded digits (8×8, 1,437 training images), '
+        "`python scripts/train.py --output_dir MODEL_DIR`: the embedded digits (8×8, 1,437 training images), "
         f"{run['max_train_steps']:,} steps of batch {run['train_batch_size']}, "
         f"`prediction_type={obj['prediction_type']!r}`, `loss_weighting={obj['loss_weighting']!r}` "
         f"(L_simple), `loss_type={obj['loss_type']!r}`, `variance_type={obj['variance_type']!r}`, "

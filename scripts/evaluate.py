@@ -24,11 +24,9 @@ from pathlib import Path
 import torch
 
 from ddpm_objectives_hf.cli import run_main
-from ddpm_objectives_hf.errors import ConfigError
 from ddpm_objectives_hf.evaluation.arguments import (
     EvalArguments,
-    check_conditioning,
-    check_environment,
+    check_model,
     load_images,
     parse_args,
 )
@@ -44,19 +42,11 @@ def evaluate(args: EvalArguments) -> dict:
     device = torch.device(args.device)
     out_dir = Path(args.output_dir or Path(args.model_dir) / "eval")
     unet, scheduler, objective = load_for_evaluation(args.model_dir, device)
+    guidance_scales = check_model(args, unet.config, scheduler, objective)
     num_classes, null_class_label = objective.get("num_classes"), objective.get("null_class_label")
-    guidance_scales = check_conditioning(args, num_classes, null_class_label)
     T = scheduler.config.num_train_timesteps
-    if not 2 <= args.num_bpd_timesteps <= T:
-        raise ConfigError(f"--num_bpd_timesteps must be between 2 and T = {T}, got {args.num_bpd_timesteps}")
     resolution = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
     channels = unet.config.in_channels
-    expected_out = 2 * channels if scheduler.learned_variance else channels
-    if unet.config.out_channels != expected_out:
-        raise ConfigError(
-            f"MODEL_DIR: the UNet has {unet.config.out_channels} output channels but variance_type="
-            f"{scheduler.config.variance_type!r} needs {expected_out}"
-        )
     images, labels = load_images(args, channels, resolution, num_classes)
     images = images.to(device)
     report: dict = {
@@ -335,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> None:
-    args = parse_args(argv)
-    check_environment(args)  # before any work: nothing is loaded or written yet
+    args = parse_args(argv)  # every flag checked, and the model's configs where they are local: before any work
     threads = torch.get_num_threads()
     torch.set_num_threads(args.num_threads or int(os.environ.get("OMP_NUM_THREADS") or 1))
     try:

@@ -10,8 +10,6 @@ predict, weighted loss, gradient step (+ EMA). With no data flag it trains on sc
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import sys
@@ -21,20 +19,19 @@ from pathlib import Path
 
 import torch
 
-from ddpm_objectives_hf.cli import run_main
+from ddpm_objectives_hf.cli import flag, run_main
 from ddpm_objectives_hf.cli.arguments import build_scheduler
-from ddpm_objectives_hf.errors import CheckpointError, TrainingError
+from ddpm_objectives_hf.errors import TrainingError
 from ddpm_objectives_hf.training.arguments import (
     DataArguments,
     ModelArguments,
     ObjectiveArguments,
     RunArguments,
-    check_environment,
-    check_pretrained,
     parse_args,
     resolution_of,
 )
 from ddpm_objectives_hf.training.models import build_model
+from ddpm_objectives_hf.training.run_folder import RunFolder
 from ddpm_objectives_hf.training.saving import push_run, sample_images, save_run
 from ddpm_objectives_hf.training.state import Classes, DataStream, TrainState
 
@@ -55,19 +52,10 @@ def _adamw_implementation(device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def train(data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveArguments, run: RunArguments) -> Path:
-    """Train and save the run; its output folder is held from the first write until this returns or raises."""
-    with contextlib.ExitStack() as folder_lock:
-        return _train(data_args, model_args, obj, run, folder_lock)
-
-
-def _train(
-    data_args: DataArguments,
-    model_args: ModelArguments,
-    obj: ObjectiveArguments,
-    run: RunArguments,
-    folder_lock: contextlib.ExitStack,
+def train(
+    data_args: DataArguments, model_args: ModelArguments, obj: ObjectiveArguments, run: RunArguments, folder: RunFolder
 ) -> Path:
+    """Train and save the run into ``folder`` (held from its claim until the caller's ``with`` block ends)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -75,32 +63,10 @@ def _train(
     from tqdm.auto import tqdm
 
     from ddpm_objectives_hf import diffusion_loss, make_timestep_sampler
-    from ddpm_objectives_hf.cli import flag
-    from ddpm_objectives_hf.training.checkpointing import (
-        check_finite_weights,
-        check_same_run,
-        load_checkpoint,
-        resolve_checkpoint,
-        run_identity,
-        save_checkpoint,
-    )
-    from ddpm_objectives_hf.training.run_folder import (
-        FINAL_OUTPUTS,
-        atomic_write,
-        check_output_dir,
-        hold_run_folder,
-        prepare_output_dir,
-        staged_outputs,
-    )
+    from ddpm_objectives_hf.training.checkpointing import check_finite_weights, run_identity
 
-    # 0. Objective, output folder, processes
+    # 0. Objective and processes (parse_args checked every flag)
     scheduler = build_scheduler(obj)
-    check_output_dir(
-        run.output_dir,
-        overwrite_output_dir=run.overwrite_output_dir,
-        resume_from_checkpoint=run.resume_from_checkpoint,
-        name_of=flag,
-    )
     report_to = None if run.report_to in ("none", "", None) else run.report_to
     accelerator = Accelerator(
         gradient_accumulation_steps=run.gradient_accumulation_steps,
@@ -162,7 +128,7 @@ def _train(
         eps=run.adam_epsilon,
         **_adamw_implementation(accelerator.device),
     )
-    # check_arguments built this schedule already (it cannot fail here): get_scheduler only checks that the step
+    # check_args built this schedule already (it cannot fail here): get_scheduler only checks that the step
     # counts are given and, for polynomial, that lr_end < learning_rate; the × num_processes (the prepared scheduler
     # steps once per process) changes neither.
     lr_scheduler = get_scheduler(
@@ -207,28 +173,14 @@ def _train(
         gradient_accumulation_steps=run.gradient_accumulation_steps,
         num_processes=accelerator.num_processes,
     )
-    resumed_here = None  # the step of the checkpoint of --output_dir this run continues
     if run.resume_from_checkpoint:
-        path = resolve_checkpoint(run.resume_from_checkpoint, run.output_dir)
-        step = check_same_run(path, identity, max_train_steps=run.max_train_steps, name_of=flag)
-        load_checkpoint(accelerator, path)
-        if state.step != step:
-            raise CheckpointError(
-                f"resume_from_checkpoint {str(path)!r} holds the state of step {state.step}, not {step}",
-                parameter="resume_from_checkpoint",
-            )
+        path = folder.resume(
+            accelerator, run.resume_from_checkpoint, identity, max_train_steps=run.max_train_steps, state=state
+        )
         logger.info("resumed from %s at step %d", path, state.step)
-        if path.resolve().parent == Path(run.output_dir).resolve():
-            resumed_here = step
-    if accelerator.is_main_process:
-        # the folder is this run's until train() ends: a second run on it (plain, resume or overwrite) stops here
-        folder_lock.callback(hold_run_folder(run.output_dir).close)
-        # the marker first, interrupted saves finished or removed, a replaced run's outputs removed
-        prepare_output_dir(run.output_dir, replace=run.overwrite_output_dir, resumed_step=resumed_here)
-        config = {"data": asdict(data_args), "model": asdict(model_args), "objective": asdict(obj), "run": asdict(run)}
-        config["run"].pop("hub_token", None)
-        atomic_write(Path(run.output_dir) / "training_config.json", json.dumps(config, indent=2) + "\n")
-    accelerator.wait_for_everyone()
+    config = {"data": asdict(data_args), "model": asdict(model_args), "objective": asdict(obj), "run": asdict(run)}
+    config["run"].pop("hub_token", None)
+    folder.claim(accelerator, identity, config)  # the folder is this run's: a second run on it stops here
     if report_to:
         run_config = {
             k: v for k, v in {**asdict(obj), **asdict(run)}.items() if isinstance(v, (int, float, str, bool))
@@ -317,7 +269,7 @@ def _train(
 
         if state.step % run.checkpointing_steps == 0 and not last:
             check_finite_weights(model, ema, state.step, name_of=flag)  # the loss was checked above
-            save_checkpoint(accelerator, run.output_dir, state.step, run.checkpoints_total_limit, identity=identity)
+            folder.checkpoint(accelerator, state.step)
             if accelerator.is_main_process:
                 logger.info("saved checkpoint-%d", state.step)
 
@@ -340,7 +292,7 @@ def _train(
             ema.copy_to(unet.parameters())
         unet = unet.to(memory_format=torch.contiguous_format).float()
         check_finite_weights(unet, None, state.step, name_of=flag)
-        with staged_outputs(output_dir, remove=FINAL_OUTPUTS) as staging:
+        with folder.finish() as staging:
             write_card = save_run(
                 unet, scheduler, state, data_args, obj, run, staging, classes, model_args.pretrained_model_name_or_path
             )
@@ -382,11 +334,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> None:
-    data_args, model_args, obj, run = parse_args(argv)
-    check_environment(data_args, model_args, run)  # before any work: nothing is read, built or written yet
-    if model_args.pretrained_model_name_or_path:
-        check_pretrained(data_args, model_args, build_scheduler(obj))
-    train(data_args, model_args, obj, run)
+    data_args, model_args, obj, run = parse_args(argv)  # every flag, combination and this machine: before any work
+    with RunFolder(run.output_dir, overwrite=run.overwrite_output_dir,
+                   checkpoints_total_limit=run.checkpoints_total_limit, name_of=flag) as folder:  # fmt: skip
+        train(data_args, model_args, obj, run, folder)
 
 
 if __name__ == "__main__":

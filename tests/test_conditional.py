@@ -12,6 +12,7 @@ import pytest
 import tiny
 import torch
 from PIL import Image
+from run_script import evaluate, train
 
 import ddpm_objectives_hf
 from ddpm_objectives_hf.errors import DataError
@@ -23,7 +24,6 @@ from ddpm_objectives_hf.training.data import (
     labels_to_tensor,
 )
 from ddpm_objectives_hf.training.state import Classes
-from scripts import evaluate, train
 
 T = 50
 TINY = [*tiny.TINY, "--num_inference_steps", "4", "--num_train_timesteps", str(T), "--checkpointing_steps", "1000"]
@@ -121,7 +121,7 @@ def conditional_run(tmp_path_factory):
     mp.setattr(ddpm_objectives_hf, "diffusion_loss", recording)
     try:
         argv = [*TINY, "--max_train_steps", "6", "--class_conditional", "--condition_dropout", "0.5"]
-        assert train.main([*argv, "--guidance_scale", "2", "--output_dir", str(out)]) == 0
+        assert train([*argv, "--guidance_scale", "2", "--output_dir", str(out)]) == 0
     finally:
         mp.undo()
     return out, seen
@@ -162,7 +162,7 @@ def test_conditional_run_saves_a_guided_pipeline(conditional_run):
 def conditional_report(conditional_run, tmp_path_factory):
     out, _ = conditional_run
     report_dir = tmp_path_factory.mktemp("conditional-eval")
-    assert evaluate.main([str(out), *EVAL, "--guidance_scales", "0", "1", "3", "--output_dir", str(report_dir)]) == 0
+    assert evaluate([str(out), *EVAL, "--guidance_scales", "0", "1", "3", "--output_dir", str(report_dir)]) == 0
     return out, report_dir, json.loads((report_dir / "report.json").read_text())
 
 
@@ -235,10 +235,10 @@ def test_classifier_accuracy_counts_the_requested_classes():
 def test_evaluating_a_model_without_null_class_refuses_guidance(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [*TINY, "--max_train_steps", "2", "--class_conditional", "--condition_dropout", "0"]
-    assert train.main([*argv, "--output_dir", str(out)]) == 0
+    assert train([*argv, "--output_dir", str(out)]) == 0
     assert json.loads((out / "model_index.json").read_text())["null_class_label"] is None
     capsys.readouterr()
-    assert evaluate.main([str(out), *EVAL, "--guidance_scales", "2"]) != 0
+    assert evaluate([str(out), *EVAL, "--guidance_scales", "2"]) != 0
     err = capsys.readouterr().err
     assert "--guidance_scales" in err and "null class" in err and "Traceback" not in err
     assert not (Path(out) / "eval").exists()

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from run_script import evaluate, train
 from scipy.special import log_ndtr
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
@@ -19,7 +20,6 @@ from ddpm_objectives_hf.bpd import (
     learn_proposal,
 )
 from ddpm_objectives_hf.errors import ConfigError
-from scripts import evaluate, train
 
 T = 100
 LN2 = math.log(2.0)
@@ -216,12 +216,12 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "model"
-    assert train.main([*TINY, "--output_dir", str(out)]) == 0
+    assert train([*TINY, "--output_dir", str(out)]) == 0
     return out
 
 
 def run_eval(model_dir, tmp_path, *extra):
-    return evaluate.main(
+    return evaluate(
         [str(model_dir), "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "16", "--num_samples", "16",
          "--num_inference_steps", "4", "--num_bpd_timesteps", "5", "--pilot_images", "2", "--pilot_grid", "8",
          "--fid_features", "digits", *extra]
@@ -287,7 +287,7 @@ def test_channels_mismatch(tmp_path, capsys):
     from PIL import Image as PILImage
 
     out = tmp_path / "model"
-    assert train.main([*TINY, "--output_dir", str(out)]) == 0
+    assert train([*TINY, "--output_dir", str(out)]) == 0
     rgb = [PILImage.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(4)]
     Dataset.from_dict({"image": rgb}).cast_column("image", Image()).save_to_disk(str(tmp_path / "rgb"))
     assert run_eval(out, tmp_path, "--dataset_name", str(tmp_path / "rgb"), "--split", "train") == 2
@@ -325,14 +325,21 @@ def test_a_plain_diffusers_pipeline_is_evaluated_under_its_own_variance_type(tmp
 def test_threads_default_to_one_as_accelerate_launch_and_are_restored(tiny_pipeline, tmp_path, monkeypatch, capsys):
     """evaluate.py runs with --num_threads (default $OMP_NUM_THREADS, else 1, as `accelerate launch` gives train.py)
     and gives the caller its threads back; 0 is refused naming the flag."""
+    from ddpm_objectives_hf.errors import ConfigError
+
     seen = []
-    monkeypatch.setattr(evaluate, "evaluate", lambda args: seen.append(torch.get_num_threads()) or {})
+
+    def load(*args, **kwargs):  # the evaluation's first work: record its threads, then stop
+        seen.append(torch.get_num_threads())
+        raise ConfigError("stopped after the threads were set")
+
+    monkeypatch.setattr("ddpm_objectives_hf.training.pipelines.load_for_evaluation", load)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
-    assert run_eval(tiny_pipeline, tmp_path) == 0
-    assert run_eval(tiny_pipeline, tmp_path, "--num_threads", "2") == 0
+    assert run_eval(tiny_pipeline, tmp_path) == 2
+    assert run_eval(tiny_pipeline, tmp_path, "--num_threads", "2") == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert run_eval(tiny_pipeline, tmp_path) == 0
+    assert run_eval(tiny_pipeline, tmp_path) == 2
     assert seen == [1, 2, 3] and torch.get_num_threads() == before
     assert run_eval(tiny_pipeline, tmp_path, "--num_threads", "0") == 2
     assert "--num_threads must be an integer >= 1" in capsys.readouterr().err

@@ -2,14 +2,13 @@
 resume stops with one line ``<script>: error: ...`` that names the flag or file at fault, a non-zero exit, no Python
 traceback, and nothing of the output folder changed.
 
-A table of cases runs each script's ``main(argv)`` in-process. A case of stage ``parse`` must fail before any work:
-the script's work function (``train``/``evaluate``) is replaced by a recorder that must stay uncalled. A handful of
+A table of cases runs each script in-process (``tests/run_script.py``). A case of stage ``parse`` must fail before
+any work: the script's first work (:data:`FIRST_WORK`) is replaced by a recorder that must stay uncalled. A handful of
 cases go through the real command line in a subprocess.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
@@ -22,10 +21,9 @@ import numpy as np
 import pytest
 import tiny
 import torch
+from run_script import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
-train = importlib.import_module("scripts.train")
-evaluate = importlib.import_module("scripts.evaluate")
 
 T = 50  # the tiny run's num_train_timesteps
 TINY = [*tiny.TINY, "--num_inference_steps", "3", "--num_train_timesteps", str(T)]
@@ -34,6 +32,15 @@ EVAL = [
     "--pilot_images", "2", "--pilot_grid", "8", "--fid_features", "none", "--no_full_bpd", "--device", "cpu",
 ]  # fmt: skip
 TOKEN = "hf_hostileFakeToken"
+# what each script does first once its input is checked (train.py builds its Accelerator, evaluate.py loads the model)
+FIRST_WORK = {
+    "train": "accelerate.Accelerator",
+    "evaluate": "ddpm_objectives_hf.training.pipelines.load_for_evaluation",
+}
+
+
+def _stop():
+    raise RuntimeError("the script started working")
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +50,7 @@ def finished_run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("finished") / "run"
     try:
-        assert (
-            train.main([*TINY, "--max_train_steps", "4", "--checkpointing_steps", "2", "--output_dir", str(out)]) == 0
-        )
+        assert train([*TINY, "--max_train_steps", "4", "--checkpointing_steps", "2", "--output_dir", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     assert (out / "model_index.json").is_file() and (out / "checkpoint-2").is_dir()
@@ -443,15 +448,15 @@ def test_hostile_input(case: Case, finished_run: Path, tmp_path: Path, capsys, m
     (env.eval / "report.json").write_text('{"sentinel": true}\n')
     (env.tmp / "dir.json").mkdir()
     argv, path = _argv(case, env)
-    module = train if case.script == "train" else evaluate
+    script = train if case.script == "train" else evaluate
     prog = f"{case.script}.py"
     started = []
-    if case.stage == "parse":  # must stop before any work
-        monkeypatch.setattr(module, case.script, lambda *a, **k: started.append(a))
+    if case.stage == "parse":  # must stop before any work: the script's first work is recorded, then stopped
+        monkeypatch.setattr(FIRST_WORK[case.script], lambda *a, **k: started.append(a) or _stop())
     before = snapshot(env.run, env.eval, *([path] if path is not None else []))
 
     try:
-        rc = module.main(argv)
+        rc = script(argv)
     finally:
         if path is not None and path.name == "read-only":
             path.chmod(0o700)
@@ -484,8 +489,8 @@ def test_any_error_is_one_line(raised, code, expected, tmp_path, capsys, monkeyp
     def work(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr(train, "train", work)
-    rc = train.main([*TINY, "--output_dir", str(tmp_path / "out")])
+    monkeypatch.setattr(FIRST_WORK["train"], work)
+    rc = train([*TINY, "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == code
     assert "Traceback" not in err
@@ -495,18 +500,18 @@ def test_any_error_is_one_line(raised, code, expected, tmp_path, capsys, monkeyp
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(FIRST_WORK["train"], lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
-        train.main([*TINY, "--output_dir", str(tmp_path / "out"), "--debug"])
+        train([*TINY, "--output_dir", str(tmp_path / "out"), "--debug"])
     from ddpm_objectives_hf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="learning_rate"):
-        train.main(["--learning_rate", "0", "--debug"])
+        train(["--learning_rate", "0", "--debug"])
 
 
-@pytest.mark.parametrize("module", [train, evaluate], ids=["train", "evaluate"])
-def test_help_still_works(module, capsys):
-    assert module.main(["--help"]) == 0
+@pytest.mark.parametrize("script", [train, evaluate], ids=["train", "evaluate"])
+def test_help_still_works(script, capsys):
+    assert script(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage:") and "--debug" in out and "--seed" in out
 

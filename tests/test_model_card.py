@@ -331,7 +331,7 @@ def test_local_dataset_and_embedded_digits_are_not_hub_ids(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 def eval_report(dataset: str, bpd: float, fid: float) -> dict:
-    """A report shaped like the one scripts.evaluate.evaluate returns."""
+    """A report shaped like the one scripts/evaluate.py writes."""
     return {
         "data": {"dataset": dataset, "split": "test", "num_images": 40, "num_bpd_images": 20},
         "objective": {"prediction_type": "epsilon", "variance_type": "fixed_large_log"},

@@ -4,7 +4,6 @@ evaluated; bad model configs get one line naming the flag; a UNet's output layer
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -14,11 +13,9 @@ from pathlib import Path
 import pytest
 import tiny
 import torch
+from run_script import evaluate, train
 
 from ddpm_objectives_hf.training.models import FAMILIES, UNetFamily, family_of
-
-train = importlib.import_module("scripts.train")
-evaluate = importlib.import_module("scripts.evaluate")
 
 DIT = {"_class_name": "DiTTransformer2DModel", "num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 1,
        "patch_size": 2, "norm_num_groups": 16}  # fmt: skip
@@ -36,13 +33,13 @@ def test_a_class_conditional_dit_trains_saves_samples_and_evaluates(tmp_path: Pa
     out = tmp_path / "dit"
     argv = ["--output_dir", str(out), "--model_config_name_or_path", _config(tmp_path), "--class_conditional",
             "--learn_variance", "--checkpointing_steps", "3", *STEPS]  # fmt: skip
-    assert train.main(argv) == 0
+    assert train(argv) == 0
     index = json.loads((out / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "DiTTransformer2DModel"] and index["null_class_label"] == 10
     unet_config = json.loads((out / "unet" / "config.json").read_text())
     assert unet_config["num_embeds_ada_norm"] == 10 and unet_config["out_channels"] == 2  # learned variance
     # resume from the last checkpoint to the same step count: the same run, nothing to train
-    assert train.main([*argv, "--resume_from_checkpoint", "latest"]) == 0
+    assert train([*argv, "--resume_from_checkpoint", "latest"]) == 0
     # without the package: plain diffusers, Euler (scale_model_input, init_noise_sigma), the batch from the labels
     script = (
         "import sys\n"
@@ -67,7 +64,7 @@ def test_a_class_conditional_dit_trains_saves_samples_and_evaluates(tmp_path: Pa
     flags = ["--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "8", "--num_samples", "8",
              "--num_inference_steps", "3", "--num_bpd_timesteps", "5", "--pilot_images", "2", "--pilot_grid", "8",
              "--fid_features", "none", "--max_ode_samples", "2", "--ode_draws", "1"]  # fmt: skip
-    assert evaluate.main([str(out), *flags]) == 0
+    assert evaluate([str(out), *flags]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["objective"]["variance_type"] == "learned_range" and report["conditioning"]["num_classes"] == 10
     assert all(torch.isfinite(torch.tensor(report[k]["bpd"])) for k in ("bpd_full", "bpd_fast", "bpd_ode"))
@@ -86,7 +83,7 @@ def test_a_class_conditional_dit_trains_saves_samples_and_evaluates(tmp_path: Pa
 def test_a_model_config_that_cannot_serve_is_one_line(tmp_path: Path, capsys, changes, extra, message):
     out = tmp_path / "run"
     argv = ["--output_dir", str(out), "--model_config_name_or_path", _config(tmp_path, **changes), *extra, *STEPS]
-    assert train.main(argv) == 2
+    assert train(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"train.py: error: {message}"
     assert not out.exists()

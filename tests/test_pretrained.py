@@ -6,7 +6,6 @@ The pretrained model is a plain `DDPMPipeline` built here with google/ddpm-cifar
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -18,12 +17,12 @@ import tiny
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from hub_server import FakeHub, hub_server  # noqa: F401
+from run_script import train
 from safetensors.torch import load_file
 
 from ddpm_objectives_hf import DDPMObjectiveScheduler
 from ddpm_objectives_hf.training.models import UNetFamily
 
-train = importlib.import_module("scripts.train")
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_32 = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                   variance_type="fixed_large", clip_sample=True)  # fmt: skip
@@ -46,7 +45,7 @@ def test_fine_tune_to_v_prediction_with_a_learned_variance(pretrained: Path, tmp
     out = tmp_path / "v"
     argv = ["--output_dir", str(out), "--pretrained_model_name_or_path", str(pretrained), "--prediction_type",
             "v_prediction", "--learn_variance", "--learning_rate", "1e-5", "--checkpointing_steps", "1", *STEPS]  # fmt: skip
-    assert train.main(argv) == 0, capsys.readouterr().err
+    assert train(argv) == 0, capsys.readouterr().err
     scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample"):
         assert scheduler[key] == CIFAR10_32[key], key  # the pretrained config is the starting point
@@ -61,7 +60,7 @@ def test_fine_tune_to_v_prediction_with_a_learned_variance(pretrained: Path, tmp
     torch.testing.assert_close(after["conv_out.weight"][:1], before["conv_out.weight"], atol=1e-3, rtol=0)
     card = (out / "README.md").read_text()
     assert "base_model" not in card.split("---")[1]  # a local folder is not a Hub id
-    assert train.main([*argv, "--resume_from_checkpoint", "latest"]) == 0  # resumes as any run
+    assert train([*argv, "--resume_from_checkpoint", "latest"]) == 0  # resumes as any run
 
 
 def test_the_widened_output_starts_as_the_fixed_variance(pretrained: Path):
@@ -90,7 +89,7 @@ def test_the_widened_output_starts_as_the_fixed_variance(pretrained: Path):
 def test_flags_that_contradict_the_pretrained_model_are_one_line(pretrained, tmp_path, capsys, extra, message):
     out = tmp_path / "run"
     argv = ["--output_dir", str(out), "--pretrained_model_name_or_path", str(pretrained), *extra, *STEPS]
-    assert train.main(argv) == 2
+    assert train(argv) == 2
     assert capsys.readouterr().err.strip() == f"train.py: error: {message}"
     assert not out.exists()
 
@@ -101,14 +100,14 @@ def test_a_learned_model_keeps_its_variance_and_other_pipelines_are_refused(tmp_
                  ).save_pretrained(learned)  # fmt: skip
     out = tmp_path / "run"
     argv = ["--output_dir", str(out), "--pretrained_model_name_or_path", str(learned), *STEPS]
-    assert train.main([*argv, "--variance_type", "fixed_small"]) == 2
+    assert train([*argv, "--variance_type", "fixed_small"]) == 2
     assert "--variance_type 'fixed_small': the pretrained model outputs a learned variance" in capsys.readouterr().err
-    assert train.main(argv) == 0  # learned_range with the MSE: the mean is fine-tuned, the variance kept
+    assert train(argv) == 0  # learned_range with the MSE: the mean is fine-tuned, the variance kept
     assert json.loads((out / "objective.json").read_text())["loss_type"] == "mse"
     capsys.readouterr()
     ddim = tmp_path / "ddim"
     DDPMPipeline(unet=tiny.tiny_unet(1), scheduler=DDIMScheduler()).save_pretrained(ddim)
-    assert train.main(["--output_dir", str(tmp_path / "x"), "--pretrained_model_name_or_path", str(ddim), *STEPS]) == 2
+    assert train(["--output_dir", str(tmp_path / "x"), "--pretrained_model_name_or_path", str(ddim), *STEPS]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("train.py: error: --pretrained_model_name_or_path") and "DDPM-family scheduler" in err
     assert len(err.splitlines()) == 1

@@ -73,14 +73,13 @@ def test_measurements_are_unique_and_cover_the_profile():
 
 def test_a_complete_run_is_not_retrained_and_ctrl_c_stops_the_study(tmp_path: Path, monkeypatch):
     from ddpm_objectives_hf.training.run_folder import write_json
-    from scripts import train
 
     spec = runner.RunSpec("eps-simple", 0, profiles.QUICK, str(tmp_path))
-    monkeypatch.setattr(train, "main", lambda argv: 130)  # train.py's exit status after Ctrl-C
+    monkeypatch.setattr(runner, "train_script", lambda argv: 130)  # train.py's exit status after Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         runner.ensure_trained(spec)
     write_json(spec.folder / runner.RUN_RECORD, {"name": "eps-simple", "seed": 0})
-    monkeypatch.setattr(train, "main", lambda argv: pytest.fail("a complete run was trained again"))
+    monkeypatch.setattr(runner, "train_script", lambda argv: pytest.fail("a complete run was trained again"))
     assert runner.ensure_trained(spec) == {"name": "eps-simple", "seed": 0}
 
 
@@ -395,7 +394,7 @@ def test_cli_dry_run_and_bad_objective(capsys):
 def test_the_study_reads_the_digits_as_evaluate_py_does():
     """The study's reference images (its FID reference and bits/dim data) are evaluate.py's, value for value."""
     from benchmarks.study.measure import load_digits
-    from scripts.evaluate import EvalArguments, load_images
+    from ddpm_objectives_hf.evaluation.arguments import EvalArguments, load_images
 
     for split in ("train", "test"):
         expected, _ = load_images(EvalArguments(model_dir="digits", split=split, fid_features="digits"), 1, 8)

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -24,18 +22,14 @@ import torch
 import yaml
 from hub_server import FakeHub, hub_server  # noqa: F401
 from PIL import Image
+from run_script import train
 from safetensors.torch import load_file
+
+from ddpm_objectives_hf.training.arguments import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train.py"
 
-
-def _load_train_module():
-    """The training script as a module (the repository root is on pytest's ``pythonpath``)."""
-    return importlib.import_module("scripts.train")
-
-
-train_script = _load_train_module()
 
 TOKEN = "hf_fake_secret"
 TINY = [*tiny.TINY, "--checkpointing_steps", "1000", "--num_inference_steps", "5"]
@@ -50,14 +44,14 @@ def tiny_args(output_dir: Path, *extra: str, steps: int = 6) -> list[str]:
 
 def run_ok(argv: list[str], capsys=None) -> None:
     """Train and expect success; with ``capsys`` a failure shows the script's stderr."""
-    rc = train_script.main(argv)
+    rc = train(argv)
     err = capsys.readouterr().err if capsys is not None else ""
     assert rc == 0, f"train.py failed (exit {rc}):\n{err[-3000:]}"
 
 
 def run_error(argv: list[str], capsys) -> str:
     """Run, expect a failure; return the error message (one line, after the `train.py: error:` prefix)."""
-    rc = train_script.main(argv)
+    rc = train(argv)
     out, err = capsys.readouterr()
     assert rc != 0
     assert "Traceback" not in err
@@ -292,7 +286,7 @@ def test_json_and_yaml_config_files_equal_flags(tmp_path: Path, capsys):
             content = {**config, "output_dir": str(out)}
             path.write_text(json.dumps(content) if kind == "json" else yaml.safe_dump(content))
             argv = [str(path)]
-        parsed = train_script.parse_args(argv)
+        parsed = parse_args(argv)
         run_ok(argv, capsys)
         written = json.loads((out / "training_config.json").read_text())
         assert written["run"].pop("output_dir") == str(out)
@@ -442,7 +436,7 @@ def test_non_empty_output_dir_of_another_run_is_refused(default_run: Path, capsy
     ],
 )
 def test_unknown_choice_is_an_argparse_error(flag: str, value: str, expected: str, tmp_path: Path, capsys):
-    assert train_script.main(tiny_args(tmp_path / "out", flag, value)) == 2  # argparse's exit code, no usage block
+    assert train(tiny_args(tmp_path / "out", flag, value)) == 2  # argparse's exit code, no usage block
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert flag in last and expected in last and repr(value) in last
@@ -523,7 +517,7 @@ def test_push_to_hub_one_commit_private_without_token_leaks(
         "--push_to_hub", "--hub_model_id", "user/digits", "--hub_private_repo",
         "--hub_endpoint", hub_server.endpoint, "--hub_token", TOKEN,
     )  # fmt: skip
-    rc = train_script.main(argv)
+    rc = train(argv)
     stdout, stderr = capfd.readouterr()
     assert rc == 0, stderr[-3000:]
 
@@ -679,7 +673,7 @@ def test_a_running_run_holds_its_folder(tmp_path: Path, capsys):
     out = tmp_path / "run"
     held = hold_run_folder(out)  # another run, as far as the kernel is concerned (its own open file description)
     for extra in ([], ["--overwrite_output_dir"], ["--resume_from_checkpoint", "latest"]):
-        assert train_script.main([*tiny_args(out, steps=2), *extra]) == 2
+        assert train([*tiny_args(out, steps=2), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert (
             err == f"train.py: error: --output_dir '{out}' is in use by another run (pid {os.getpid()}); wait for it "

@@ -1,6 +1,6 @@
-"""Running the study: train each (objective, seed) once (resuming an interrupted run from its last checkpoint), keep
-its EMA weights at the curve points, run every measurement the profile asks for, each cached in the run's folder;
-then collect whatever exists into one results dictionary.
+"""Running the study: train each (objective, seed) once with ``scripts/train.py`` in a child process (resuming an
+interrupted run from its last checkpoint), keep its EMA weights at the curve points, run every measurement the profile
+asks for, each cached in the run's folder; then collect whatever exists into one results dictionary.
 
 Runs are independent: ``jobs`` worker processes (one torch thread each by default) take them in turn.
 """
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import measurement_name, read_or_none, run_folder
 from .profiles import VLB_OBJECTIVES, Profile
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 
 logger = logging.getLogger("benchmarks.study")
 RUN_RECORD = "run.json"
@@ -64,7 +68,6 @@ def ensure_trained(spec: RunSpec) -> dict:
     trained_steps, seconds, resumed_from = 0, 0.0, None
     if _final_steps(model_dir) != profile.steps:
         from ddpm_objectives_hf.cli import EXIT_INTERRUPTED
-        from scripts import train
 
         argv = ["--output_dir", str(model_dir), *spec.flags]
         checkpoints = list_checkpoints(model_dir)
@@ -77,7 +80,7 @@ def ensure_trained(spec: RunSpec) -> dict:
         logger.info("training %s seed %d -> %s%s", spec.name, spec.seed, model_dir,
                     f" (resuming at step {resumed_from})" if resumed_from else "")  # fmt: skip
         start = time.perf_counter()
-        code = train.main(argv)
+        code = train_script(argv)
         if code == EXIT_INTERRUPTED:  # Ctrl-C inside train.py: stop the study (a rerun resumes), not just this run
             raise KeyboardInterrupt
         if code != 0:
@@ -114,6 +117,12 @@ def ensure_trained(spec: RunSpec) -> dict:
     }
     write_json(folder / RUN_RECORD, record)
     return record
+
+
+def train_script(argv: list[str]) -> int:
+    """``python scripts/train.py ARGV`` in a child process with this worker's torch threads; its exit status."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(_threads())}
+    return subprocess.run([sys.executable, str(TRAIN_SCRIPT), *argv], env=env).returncode
 
 
 def _median_step_seconds(history_file: Path, batch_size: int) -> float | None:

@@ -139,7 +139,8 @@ class EvalArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:
-    """Flags (MODEL_DIR may come first, without ``--model_dir``), or a JSON/YAML file of them then flags.
+    """Flags (MODEL_DIR may come first, without ``--model_dir``), or a JSON/YAML file of them then flags, every value
+    checked and then this machine and the model's configs (:func:`check_environment`): nothing is loaded before.
 
     Raises:
         ConfigError: One line naming the flag at fault and what is valid.
@@ -149,12 +150,15 @@ def parse_args(argv: list[str] | None = None) -> EvalArguments:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and not argv[0].endswith(CONFIG_SUFFIXES):
         argv = ["--model_dir", argv[0], *argv[1:]]
-    return parse_dataclasses((EvalArguments,), argv, prog="evaluate.py")[0]
+    args = parse_dataclasses((EvalArguments,), argv, prog="evaluate.py")[0]
+    check_environment(args)
+    return args
 
 
 def check_environment(args: EvalArguments) -> None:
     """What must hold before any work: the device is present, the report's folder can be written, the data folder
-    exists, and the step counts fit the model's T (read from its scheduler config, a small file)."""
+    exists, and for a local model the step counts fit its T and the flags its conditioning (read from its configs,
+    small files); a Hub model is checked against the flags once loaded (:func:`check_model`)."""
     check_device("device", args.device)
     check_writable_folder("output_dir", args.output_dir or Path(args.model_dir) / "eval")
     check_existing_folder("train_data_dir", args.train_data_dir)
@@ -170,6 +174,23 @@ def check_environment(args: EvalArguments) -> None:
             return  # the loader says why
         if isinstance(pipeline_config, dict):
             check_conditioning(args, pipeline_config.get("num_classes"), pipeline_config.get("null_class_label"))
+
+
+def check_model(args: EvalArguments, unet_config, scheduler, objective: dict) -> list[float]:
+    """The flags against the loaded model (its T, output channels and conditioning); the guidance scales to sample
+    with (``[None]``: an unconditional model)."""
+    T = scheduler.config.num_train_timesteps
+    check_range("num_inference_steps", args.num_inference_steps, ge=1, le=T, integer=True)
+    check_range("num_bpd_timesteps", args.num_bpd_timesteps, ge=2, le=T, integer=True)
+    channels = unet_config.in_channels
+    expected_out = 2 * channels if scheduler.learned_variance else channels
+    if unet_config.out_channels != expected_out:
+        raise ConfigError(
+            f"model_dir: the UNet has {unet_config.out_channels} output channels but variance_type="
+            f"{scheduler.config.variance_type!r} needs {expected_out}",
+            parameter="model_dir",
+        )
+    return check_conditioning(args, objective.get("num_classes"), objective.get("null_class_label"))
 
 
 def check_conditioning(args: EvalArguments, num_classes: int | None, null_class_label: int | None) -> list[float]:

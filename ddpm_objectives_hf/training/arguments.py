@@ -1,7 +1,7 @@
 """The training run's options: the data, model, objective and run flags of ``scripts/train.py`` as dataclasses (types,
-defaults and ``--help`` in one place), parsed from flags or a JSON/YAML file, and every check made before any work:
-one value (``__post_init__``), several values (:func:`check_arguments`), this machine (:func:`check_environment`),
-and a pretrained model against the flags (:func:`check_pretrained`).
+defaults and ``--help`` in one place), parsed from flags or a JSON/YAML file by :func:`parse_args`, which checks every
+value (each dataclass's ``__post_init__``, as it is built) and then every combination, the pretrained model and this
+machine (:func:`check_args`): the one place where options are checked, before anything is read, built or written.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from ..cli import flag
 from ..cli.arguments import build_scheduler, objective_arguments
 from ..cli.validation import (
     check_existing_folder,
@@ -36,6 +37,7 @@ from ..options import (
     check_choice,
     check_range,
 )
+from .models import family_of, model_config
 
 DEFAULT_CONDITION_DROPOUT = 0.1  # the label dropout of classifier-free guidance (Ho & Salimans 2022: 0.1–0.2)
 
@@ -268,9 +270,8 @@ class RunArguments:
 
 
 def parse_args(argv: list[str] | None = None):
-    """Flags, or a JSON/YAML file of them (then flags that override it), as the four option dataclasses.
-
-    Every value and combination is checked here, before any work (:func:`check_arguments`).
+    """Flags, or a JSON/YAML file of them (then flags that override it), as the four option dataclasses, every
+    value, combination and this machine checked (:func:`check_args`): nothing is read, built or written before.
 
     Raises:
         ConfigError: One line naming the flag at fault and what is valid.
@@ -282,7 +283,7 @@ def parse_args(argv: list[str] | None = None):
     parsed = parse_dataclasses(types, argv, prog="train.py")
     if parsed[1].pretrained_model_name_or_path:  # its objective and image size are the defaults the flags override
         parsed = parse_dataclasses(types, argv, prog="train.py", defaults=pretrained_defaults(parsed[1]))
-    check_arguments(*parsed)
+    check_args(*parsed)
     return parsed
 
 
@@ -305,8 +306,15 @@ def pretrained_defaults(model_args: ModelArguments) -> dict:
     return defaults
 
 
-def check_arguments(data_args: DataArguments, model_args: ModelArguments, obj, run: RunArguments) -> None:
-    """The checks that need several flags: the objective builds, its final sampling and LR schedule work."""
+def check_args(data_args: DataArguments, model_args: ModelArguments, obj, run: RunArguments) -> None:
+    """Every check that needs more than one value or looks outside the flags, in one place: the objective builds
+    (the scheduler's own checks), its final sampling and LR schedule work, the model fits the images (or a pretrained
+    model fits the flags), and on this machine the folders, trackers and Hub are usable and ``--output_dir`` is free
+    for this run.
+
+    Raises:
+        ConfigError: One line naming the flag at fault and what is valid.
+    """
     from diffusers.optimization import get_scheduler
 
     if data_args.label_column is not None and not model_args.class_conditional:
@@ -348,10 +356,18 @@ def check_arguments(data_args: DataArguments, model_args: ModelArguments, obj, r
         raise ConfigError(
             f"lr_scheduler {run.lr_scheduler!r} with these flags: {message}", parameter="lr_scheduler"
         ) from err
-    if model_args.model_config_name_or_path is None:
-        from .data import check_resolution
-
-        check_resolution(resolution_of(data_args), len(model_args.block_out_channels))
+    if model_args.pretrained_model_name_or_path:
+        _check_pretrained(data_args, model_args, scheduler)
+    else:
+        config = model_config(model_args)
+        family = family_of(config)
+        if not family.unconditional and not model_args.class_conditional:
+            raise ConfigError(
+                f"model_config_name_or_path: {family.class_name} is class-conditional; add --class_conditional",
+                parameter="model_config_name_or_path",
+            )
+        family.check_resolution(config, resolution_of(data_args))
+    _check_machine(data_args, run)
 
 
 def resolution_of(data_args: DataArguments) -> int:
@@ -360,7 +376,7 @@ def resolution_of(data_args: DataArguments) -> int:
     return data_args.resolution or default_resolution
 
 
-def check_pretrained(data_args: DataArguments, model_args: ModelArguments, scheduler) -> None:
+def _check_pretrained(data_args: DataArguments, model_args: ModelArguments, scheduler) -> None:
     """A pretrained model that contradicts the flags: another image size, a learned variance the objective drops, a
     class embedding the run does not use (or the reverse), a learned variance its family cannot add."""
     from .models import read_pretrained
@@ -394,32 +410,21 @@ def check_pretrained(data_args: DataArguments, model_args: ModelArguments, sched
         )
 
 
-def check_environment(data_args: DataArguments, model_args: ModelArguments, run: RunArguments) -> None:
-    """What must hold on this machine before any work: the folders exist or can be written, the trackers are
-    installed, the model config reads, and the Hub answers when the run will push to it."""
+def _check_machine(data_args: DataArguments, run: RunArguments) -> None:
+    """What must hold on this machine: the folders exist or can be written, ``--output_dir`` takes this run, the
+    trackers are installed, and the Hub answers when the run will push to it."""
+    from .run_folder import check_output_dir
+
     check_existing_folder("train_data_dir", data_args.train_data_dir)
     check_writable_folder("output_dir", run.output_dir)
+    check_output_dir(
+        run.output_dir,
+        overwrite_output_dir=run.overwrite_output_dir,
+        resume_from_checkpoint=run.resume_from_checkpoint,
+        name_of=flag,
+    )
     if data_args.cache_dir is not None:
         check_writable_folder("cache_dir", data_args.cache_dir)
     check_report_to("report_to", run.report_to, available=True)
-    if model_args.model_config_name_or_path is not None:
-        from .models import family_of, read_config
-
-        path = model_args.model_config_name_or_path
-        try:
-            config = read_config(path)
-        except (OSError, ValueError) as err:
-            message = " ".join(str(err).split())[:300]
-            raise ConfigError(
-                f"model_config_name_or_path {path!r} is not a readable model config: {message}",
-                parameter="model_config_name_or_path",
-            ) from err
-        family = family_of(config)
-        if not family.unconditional and not model_args.class_conditional:
-            raise ConfigError(
-                f"model_config_name_or_path: {family.class_name} is class-conditional; add --class_conditional",
-                parameter="model_config_name_or_path",
-            )
-        family.check_resolution(config, resolution_of(data_args))
     if run.push_to_hub:
         check_hub_reachable("push_to_hub", run.hub_endpoint, run.hub_token)

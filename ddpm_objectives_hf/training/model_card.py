@@ -424,7 +424,7 @@ def evaluation_results(report: Mapping[str, Any]) -> list[EvalResult]:
     FID carries its feature network (`metric_config`), the sampler and its number of steps.
 
     Args:
-        report: The dict `scripts.evaluate.evaluate` returns.
+        report: The report `scripts/evaluate.py` writes (``report.json``).
 
     Returns:
         One result per metric present in the report.
@@ -547,7 +547,7 @@ def add_evaluation_to_model_card(model_dir: str | Path, report: Mapping[str, Any
 
     Args:
         model_dir: The pipeline folder.
-        report: The dict `scripts.evaluate.evaluate` returns.
+        report: The report `scripts/evaluate.py` writes (``report.json``).
 
     Returns:
         The updated card, or `None` when `model_dir` is not a local folder with a README.md (e.g. a Hub id).

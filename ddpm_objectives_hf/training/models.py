@@ -169,6 +169,34 @@ def family_of(config_or_model: Mapping[str, Any] | torch.nn.Module, parameter: s
 
 
 # ---------------------------------------------------------------------------------------------------- building
+def model_config(args) -> dict:
+    """The config of a new model (no pretrained one): the file ``args.model_config_name_or_path``, or a `UNet2DModel`
+    of the UNet options, with sinusoidal time embedding as in DDPM (Ho et al. 2020)."""
+    if args.model_config_name_or_path:
+        path = args.model_config_name_or_path
+        try:
+            return read_config(path)
+        except (OSError, ValueError) as err:
+            message = " ".join(str(err).split())[:300]
+            raise ConfigError(
+                f"model_config_name_or_path {path!r} is not a readable model config: {message}",
+                parameter="model_config_name_or_path",
+            ) from err
+    n = len(args.block_out_channels)
+    down = ["AttnDownBlock2D" if i == args.attention_resolution_index else "DownBlock2D" for i in range(n)]
+    up = ["AttnUpBlock2D" if n - 1 - i == args.attention_resolution_index else "UpBlock2D" for i in range(n)]
+    return dict(
+        _class_name="UNet2DModel",
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=args.norm_num_groups,
+        dropout=args.dropout,
+        time_embedding_type="positional",
+    )
+
+
 def build_model(
     args,
     resolution: int,
@@ -183,22 +211,7 @@ def build_model(
     ``num_classes`` (plus the null class) for a class-conditional model."""
     if args.pretrained_model_name_or_path:
         return _pretrained_model(args, channels, learned_variance)
-    if args.model_config_name_or_path:
-        config = read_config(args.model_config_name_or_path)
-    else:
-        n = len(args.block_out_channels)
-        down = ["AttnDownBlock2D" if i == args.attention_resolution_index else "DownBlock2D" for i in range(n)]
-        up = ["AttnUpBlock2D" if n - 1 - i == args.attention_resolution_index else "UpBlock2D" for i in range(n)]
-        config = dict(
-            _class_name="UNet2DModel",
-            block_out_channels=tuple(args.block_out_channels),
-            layers_per_block=args.layers_per_block,
-            down_block_types=tuple(down),
-            up_block_types=tuple(up),
-            norm_num_groups=args.norm_num_groups,
-            dropout=args.dropout,
-            time_embedding_type="positional",  # sinusoidal time embedding, as in DDPM (Ho et al. 2020)
-        )
+    config = model_config(args)
     family = family_of(config)
     out_channels = 2 * channels if learned_variance else channels
     if config.get("out_channels") not in (None, out_channels):
@@ -209,7 +222,6 @@ def build_model(
         )
     config = family.configure(config, resolution=resolution, channels=channels, out_channels=out_channels,
                               num_classes=num_classes, null_class=null_class)  # fmt: skip
-    family.check_resolution(config, resolution)
     model = family.model_class.from_config(config)
     return family.prepare_for_training(model)
 

@@ -1,9 +1,11 @@
-"""The output folder of a run: owned, written atomically, and swapped in as a whole.
+"""The output folder of a run: owned, held, written atomically, and swapped in as a whole. :class:`RunFolder` is the
+interface a training loop uses (resume, claim, checkpoint, finish); the functions below are its parts.
 
 * **Ownership.** A folder this tool makes gets :data:`RUN_MARKER` (a small JSON file naming the tool) before anything
   else; a non-empty folder without it is never written to (:func:`check_output_dir`, :func:`prepare_output_dir`).
 * **One run per folder.** A folder holding an earlier run is only continued from one of its checkpoints or replaced
-  as a whole (``overwrite_output_dir``): two runs never mix.
+  as a whole (``overwrite_output_dir``): two runs never mix. A running run holds its folder (an ``flock`` on it,
+  :func:`hold_run_folder`): a second run on it stops with one line naming the holder.
 * **Atomic files.** :func:`atomic_write` writes through a temporary file and ``os.replace``.
 * **Final save.** Everything is built in one staging folder (:data:`STAGING_FINAL`) inside the output folder, then
   swapped in entry by entry (:func:`staged_outputs`); an interrupted swap is finished at the next start
@@ -389,3 +391,83 @@ def staged_outputs(
     entries = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
     write_json(staging / STAGED_RECORD, {"entries": entries, "remove": sorted(remove)})
     _finish_swap(staging, root)
+
+
+# ---------------------------------------------------------------------------------------------------- the interface
+class RunFolder:
+    """The output folder of one training run, in four moves: :meth:`resume` (read a checkpoint of this same run),
+    :meth:`claim` (hold the folder and make it this run's), :meth:`checkpoint` and :meth:`finish` (the final outputs,
+    swapped in as a whole). Use it as a context manager: the folder is held from :meth:`claim` until the block ends,
+    however it ends (the kernel releases it if the process dies).
+
+    Args:
+        output_dir: The run's folder (checked beforehand by :func:`check_output_dir`).
+        overwrite: Replace an earlier run of this tool in it (``overwrite_output_dir``).
+        checkpoints_total_limit: How many checkpoints to keep (`None`: all).
+        name_of: How messages name the parameters (the command line passes ``cli.flag``: ``--name``).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        checkpoints_total_limit: int | None = None,
+        name_of: Callable[[str], str] = str,
+    ):
+        self.root = Path(output_dir)
+        self.overwrite = overwrite
+        self.checkpoints_total_limit = checkpoints_total_limit
+        self.name_of = name_of
+        self.identity: dict | None = None
+        self._resumed_here: int | None = None  # the step of a checkpoint of this folder the run continues
+        self._lock = FolderLock(None)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.close()
+
+    def resume(self, accelerator, checkpoint: str, identity: dict, *, max_train_steps: int, state) -> Path:
+        """Load ``checkpoint`` (``"latest"`` or a path) into ``accelerator``'s registered objects, only if it is of this
+        same run (``identity``: :func:`~.checkpointing.run_identity`) and reads without running code; the checkpoint
+        folder, whose step ``state.step`` (a registered object) must then hold."""
+        from ..errors import CheckpointError
+        from .checkpointing import PARAMETER, check_same_run, load_checkpoint, resolve_checkpoint
+
+        path = resolve_checkpoint(checkpoint, self.root)
+        step = check_same_run(path, identity, max_train_steps=max_train_steps, name_of=self.name_of)
+        load_checkpoint(accelerator, path)
+        if state.step != step:
+            raise CheckpointError(
+                f"{PARAMETER} {str(path)!r} holds the state of step {state.step}, not {step}", parameter=PARAMETER
+            )
+        if path.resolve().parent == self.root.resolve():
+            self._resumed_here = step
+        return path
+
+    def claim(self, accelerator, identity: dict, config: dict) -> None:
+        """Make the folder this run's (main process; all processes wait): hold it (a second run on it stops with one
+        line naming the holder), write the ownership marker, finish or remove interrupted saves and what this run
+        replaces (:func:`prepare_output_dir`), and record ``config`` as ``training_config.json``. ``identity`` goes
+        into every checkpoint."""
+        self.identity = identity
+        if accelerator.is_main_process:
+            self._lock = hold_run_folder(self.root)
+            prepare_output_dir(self.root, replace=self.overwrite, resumed_step=self._resumed_here)
+            atomic_write(self.root / "training_config.json", json.dumps(config, indent=2) + "\n")
+        accelerator.wait_for_everyone()
+
+    def checkpoint(self, accelerator, step: int) -> Path:
+        """Save ``checkpoint-{step}`` (all processes), keeping the newest ``checkpoints_total_limit``
+        (:func:`~.checkpointing.save_checkpoint`)."""
+        from .checkpointing import save_checkpoint
+
+        return save_checkpoint(accelerator, self.root, step, self.checkpoints_total_limit, identity=self.identity)
+
+    def finish(self):
+        """A context manager giving the staging folder where the final outputs are built (main process); they
+        replace the previous ones (:data:`FINAL_OUTPUTS`) as a whole when the block ends, and not at all if it
+        raises (:func:`staged_outputs`)."""
+        return staged_outputs(self.root, remove=FINAL_OUTPUTS)

@@ -50,9 +50,7 @@ class DataStream:
         if class_conditional:
             self.label_column, self.num_classes = find_label_column(dataset, data_args.label_column)
             labels = labels_to_tensor(dataset, self.label_column, self.num_classes)  # every label in 0 … K − 1
-        self.channels = data_args.channels or infer_channels(dataset, column)
-        if self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}", parameter="channels")
+        self.channels = data_args.channels or infer_channels(dataset, column)  # 1 or 3
         self.accelerator = accelerator
         self.batch_size = run.train_batch_size
         self.random_flip = data_args.random_flip
