@@ -2,8 +2,8 @@
 """Study v2: every objective on digits over several seeds, with intervals, curves, a sampling-step sweep, the
 importance-sampling check and memorization; the page is regenerated from whatever results exist.
 
-    python -m benchmarks.study_objectives --jobs 2              # the CPU profile (see below), docs/study.md
-    python -m benchmarks.study_objectives --converged           # the claims' objectives at their plateau
+    python -m benchmarks.study_objectives --jobs 2              # the CPU profile (see below), docs/study_cpu.md
+    python -m benchmarks.study_objectives --converged           # the claims' objectives at their plateau, docs/study.md
     python -m benchmarks.study_objectives --quick               # smoke profile: 2 objectives × 2 seeds, minutes
     python -m benchmarks.study_objectives --long --device cuda  # the GPU profile
     python -m benchmarks.study_objectives --dry_run             # the plan and its estimated time, nothing run
@@ -53,6 +53,13 @@ if str(ROOT) not in sys.path:
 from benchmarks.study import profiles as P  # noqa: E402
 
 # Costs measured with the smoke profile (one torch thread, see the module docstring); --dry_run scales them.
+# profile -> (figures and results.json, page), under docs/: the converged profile is the study's page
+DEFAULT_OUTPUTS = {
+    "quick": ("study_v2_smoke", "study_v2_smoke/study.md"),
+    "cpu": ("study_cpu", "study_cpu.md"),
+    "converged": ("study", "study.md"),
+    "long": ("study", "study.md"),
+}
 SECONDS_PER_STEP = 0.42  # one training step, batch 64, default UNet
 SECONDS_PER_1K_EVALUATIONS = 2.5  # 1,000 image-evaluations of the UNet when sampling or estimating bits/dim
 
@@ -63,9 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="the smoke profile (minutes)")
     size.add_argument("--long", action="store_true", help="the GPU profile")
     size.add_argument("--converged", action="store_true", help="the claims' objectives trained to their plateau")
-    parser.add_argument("--out", default=None, help="figures and results.json (default docs/study; --quick: "
-                        "docs/study_v2_smoke)")  # fmt: skip
-    parser.add_argument("--page", default=None, help="the page (default docs/study.md; elsewhere OUT/study.md)")
+    parser.add_argument("--out", default=None, help="figures and results.json (default docs/study for --converged "
+                        "and --long, docs/study_cpu for the CPU profile, docs/study_v2_smoke for --quick)")  # fmt: skip
+    parser.add_argument("--page", default=None, help="the page (default: docs/study.md, docs/study_cpu.md, "
+                        "docs/study_v2_smoke/study.md; with --out: OUT/study.md)")  # fmt: skip
     parser.add_argument("--cache_dir", default=str(ROOT / "runs" / "study"), help="the run cache")
     parser.add_argument("--objectives", nargs="*", default=None, help=f"subset of {', '.join(P.OBJECTIVES)}")
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="other seeds than the profile's")
@@ -92,12 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     profile = P.QUICK if args.quick else P.LONG if args.long else P.CONVERGED if args.converged else P.CPU
     profile = P.select(profile, args.objectives, args.seeds)
-    out = Path(args.out or ROOT / "docs" / ("study_v2_smoke" if args.quick else "study"))
-    page = (
-        Path(args.page)
-        if args.page
-        else (out.parent / "study.md" if out.resolve() == (ROOT / "docs" / "study").resolve() else out / "study.md")
-    )
+    default_out, default_page = DEFAULT_OUTPUTS[profile.name]
+    out = Path(args.out) if args.out else ROOT / "docs" / default_out
+    page = Path(args.page) if args.page else out / "study.md" if args.out else ROOT / "docs" / default_page
 
     from benchmarks.study import page as page_module
     from benchmarks.study import runner
