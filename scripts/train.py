@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import torch
 
 from ddpm_objectives_hf.cli import flag, run_main
 from ddpm_objectives_hf.cli.arguments import build_scheduler
-from ddpm_objectives_hf.errors import TrainingError
 from ddpm_objectives_hf.training.arguments import (
     DataArguments,
     ModelArguments,
@@ -33,7 +31,7 @@ from ddpm_objectives_hf.training.arguments import (
 from ddpm_objectives_hf.training.models import build_model
 from ddpm_objectives_hf.training.run_folder import RunFolder
 from ddpm_objectives_hf.training.saving import push_run, sample_images, save_run
-from ddpm_objectives_hf.training.state import Classes, DataStream, TrainState
+from ddpm_objectives_hf.training.state import Classes, DataStream, LossLog, TrainState
 
 logger = logging.getLogger("ddpm_objectives_hf.train")
 
@@ -189,12 +187,7 @@ def train(
         accelerator.init_trackers("ddpm-objectives-hf", config=run_config)
 
     # 4. Train: DDPM's Algorithm 1
-    T = scheduler.config.num_train_timesteps
-    quartile_sum = torch.zeros(4, device=accelerator.device)
-    quartile_count = torch.zeros(4, device=accelerator.device)
-    loss_sum = torch.zeros((), device=accelerator.device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
-    bad_timesteps = torch.zeros(run.train_batch_size, dtype=torch.long, device=accelerator.device)
+    loss_log = LossLog(scheduler.config.num_train_timesteps, accelerator.device)
     progress = tqdm(
         range(state.step, run.max_train_steps),
         initial=state.step,
@@ -202,7 +195,6 @@ def train(
         disable=not accelerator.is_local_main_process,
         desc="training",
     )
-    window_start, window_steps = time.perf_counter(), 0
     model.train()
     for step in progress:
         for micro in range(run.gradient_accumulation_steps):
@@ -228,44 +220,20 @@ def train(
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             sampler.update(out.timesteps, out.per_sample_loss, accelerator)
-            # bookkeeping on the device (no host synchronisation per step)
-            finite = torch.isfinite(out.loss)
-            bad_timesteps = torch.where((first_bad < 0) & ~finite, out.timesteps, bad_timesteps)
-            first_bad = torch.where(
-                (first_bad < 0) & ~finite, torch.tensor(step + 1, device=first_bad.device), first_bad
-            )
-            quartile = (out.timesteps * 4 // T).clamp(max=3)
-            quartile_sum.scatter_add_(0, quartile, out.per_sample_loss.detach().float())
-            quartile_count.scatter_add_(0, quartile, torch.ones_like(out.per_sample_loss, dtype=torch.float))
-            loss_sum += out.loss.detach().float()
+            loss_log.add(out, step, x0.shape[0] * accelerator.num_processes)
         if ema is not None:
             ema.step(model.parameters())
         state.step = step + 1
-        window_steps += 1
 
         last = state.step == run.max_train_steps
         if state.step % run.logging_steps == 0 or last or state.step % run.checkpointing_steps == 0:
-            if int(first_bad) >= 0:
-                raise TrainingError(
-                    f"loss became NaN/inf at step {int(first_bad)} (timesteps {bad_timesteps.tolist()}); "
-                    "stopping without saving weights: lower --learning_rate or check --loss_weighting"
-                )
-            elapsed = time.perf_counter() - window_start
-            mean_loss = float(loss_sum) / (window_steps * run.gradient_accumulation_steps)
-            images_per_s = (
-                window_steps * run.gradient_accumulation_steps * x0.shape[0] * accelerator.num_processes / elapsed
-            )
-            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": images_per_s}
-            for q in range(4):
-                if quartile_count[q] > 0:
-                    logs[f"loss_q{q}"] = float(quartile_sum[q] / quartile_count[q])
+            loss_log.check_finite(name_of=flag)
+            logs = {**loss_log.flush(), "lr": lr_scheduler.get_last_lr()[0]}
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value
-            progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.0f}")
             accelerator.log(logs, step=state.step)
-            state.history.append({"step": state.step, "loss": mean_loss, "images_per_s": images_per_s})
-            quartile_sum.zero_(), quartile_count.zero_(), loss_sum.zero_()
-            window_start, window_steps = time.perf_counter(), 0
+            state.history.append({"step": state.step, "loss": logs["loss"], "images_per_s": logs["images_per_s"]})
 
         if state.step % run.checkpointing_steps == 0 and not last:
             check_finite_weights(model, ema, state.step, name_of=flag)  # the loss was checked above

@@ -683,3 +683,34 @@ def test_a_running_run_holds_its_folder(tmp_path: Path, capsys):
     held.close()
     run_ok(tiny_args(out, steps=2))
     run_ok(tiny_args(out, "--overwrite_output_dir", steps=2))  # the finished run released it
+
+
+def test_loss_log_against_a_direct_computation():
+    """LossLog's mean, per-quarter means and first non-finite step equal those computed from the kept losses."""
+    from types import SimpleNamespace
+
+    from ddpm_objectives_hf.errors import TrainingError
+    from ddpm_objectives_hf.training.state import LossLog
+
+    g = torch.Generator().manual_seed(0)
+    T, log, kept = 100, LossLog(100, torch.device("cpu")), []
+    for step in range(5):
+        t = torch.randint(0, T, (8,), generator=g)
+        per_sample = torch.rand(8, generator=g)
+        log.add(SimpleNamespace(loss=per_sample.mean(), timesteps=t, per_sample_loss=per_sample), step, images=8)
+        kept.append((t, per_sample))
+    logs = log.flush()
+    t_all, l_all = torch.cat([t for t, _ in kept]), torch.cat([v for _, v in kept])
+    assert logs["loss"] == pytest.approx(float(torch.stack([v.mean() for _, v in kept]).mean()), rel=1e-6)
+    for q in range(4):
+        in_q = (t_all >= q * 25) & (t_all < (q + 1) * 25)
+        assert logs[f"loss_q{q}"] == pytest.approx(float(l_all[in_q].mean()), rel=1e-6)
+    assert logs["images_per_s"] > 0
+    log.check_finite()  # all finite so far
+    bad = torch.tensor([0.1, float("nan")])
+    log.add(SimpleNamespace(loss=bad.mean(), timesteps=torch.tensor([3, 97]), per_sample_loss=bad), 6, images=2)
+    log.add(
+        SimpleNamespace(loss=torch.tensor(float("inf")), timesteps=torch.tensor([5, 6]), per_sample_loss=bad), 7, 2
+    )
+    with pytest.raises(TrainingError, match=r"at step 7 \(timesteps \[3, 97\]\)"):
+        log.check_finite()

@@ -1,14 +1,17 @@
 """The state of a training run beside the model: the data stream (x0 and labels, batches in a seeded order), the
-run's counters and history (saved in checkpoints), and the class conditioning (labels and their dropout)."""
+run's counters and history (saved in checkpoints), the class conditioning (labels and their dropout), and the loss
+log between two log lines."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     from .arguments import DataArguments, RunArguments
@@ -159,3 +162,67 @@ class Classes:
             return labels
         dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < self.dropout
         return torch.where(dropped, self.num_classes, labels)
+
+
+class LossLog:
+    """The loss between two log lines, accumulated on the device (no host synchronisation per step): its mean, its
+    mean per quarter of [0, T), the first step whose loss was not finite, and images per second.
+
+    Args:
+        num_train_timesteps: T.
+        device: Where the sums live (the model's device).
+    """
+
+    def __init__(self, num_train_timesteps: int, device: torch.device):
+        self.T = num_train_timesteps
+        self.quartile_sum = torch.zeros(4, device=device)
+        self.quartile_count = torch.zeros(4, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_timesteps = torch.zeros(0, dtype=torch.long, device=device)
+        self.losses = 0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, out, step: int, images: int) -> None:
+        """One micro-batch's :class:`~ddpm_objectives_hf.losses.DiffusionLossOutput` at optimizer step ``step``
+        (0-based), of ``images`` images over all processes."""
+        finite = torch.isfinite(out.loss)
+        first = (self.first_bad < 0) & ~finite
+        if self.bad_timesteps.shape != out.timesteps.shape:
+            self.bad_timesteps = torch.zeros_like(out.timesteps)
+        self.bad_timesteps = torch.where(first, out.timesteps, self.bad_timesteps)
+        self.first_bad = torch.where(first, torch.full_like(self.first_bad, step + 1), self.first_bad)
+        quartile = (out.timesteps * 4 // self.T).clamp(max=3)
+        self.quartile_sum.scatter_add_(0, quartile, out.per_sample_loss.detach().float())
+        self.quartile_count.scatter_add_(0, quartile, torch.ones_like(out.per_sample_loss, dtype=torch.float))
+        self.loss_sum += out.loss.detach().float()
+        self.losses += 1
+        self.images += images
+
+    def check_finite(self, name_of: Callable[[str], str] = str) -> None:
+        """Stop, saving nothing, if a loss since the start was NaN/inf (one host synchronisation).
+
+        Raises:
+            TrainingError: Naming the step, its timesteps and the parameters to change (``name_of``: how messages
+                name them).
+        """
+        if int(self.first_bad) >= 0:
+            raise TrainingError(
+                f"loss became NaN/inf at step {int(self.first_bad)} (timesteps {self.bad_timesteps.tolist()}); "
+                f"stopping without saving weights: lower {name_of('learning_rate')} or check "
+                f"{name_of('loss_weighting')}"
+            )
+
+    def flush(self) -> dict:
+        """``loss``, ``images_per_s`` and ``loss_q0`` … ``loss_q3`` since the last flush (then start again)."""
+        logs = {
+            "loss": float(self.loss_sum) / max(self.losses, 1),
+            "images_per_s": self.images / (time.perf_counter() - self.start),
+        }
+        for q in range(4):
+            if self.quartile_count[q] > 0:
+                logs[f"loss_q{q}"] = float(self.quartile_sum[q] / self.quartile_count[q])
+        self.quartile_sum.zero_(), self.quartile_count.zero_(), self.loss_sum.zero_()
+        self.losses, self.images, self.start = 0, 0, time.perf_counter()
+        return logs
