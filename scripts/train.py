@@ -76,6 +76,7 @@ def _train(
 
     from ddpm_objectives_hf import diffusion_loss, make_timestep_sampler
     from ddpm_objectives_hf.cli import flag
+    from ddpm_objectives_hf.files import atomic_write
     from ddpm_objectives_hf.training.checkpointing import (
         check_finite_weights,
         check_same_run,
@@ -86,7 +87,6 @@ def _train(
     )
     from ddpm_objectives_hf.training.run_folder import (
         FINAL_OUTPUTS,
-        atomic_write,
         check_output_dir,
         hold_run_folder,
         prepare_output_dir,

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 
 import ddpm_objectives_hf
-from ddpm_objectives_hf.errors import DataError
-from ddpm_objectives_hf.training.data import (
+from ddpm_objectives_hf.data import (
     InMemoryImageData,
     digits_dataset,
     find_label_column,
     images_to_tensor,
     labels_to_tensor,
 )
+from ddpm_objectives_hf.errors import DataError
 from ddpm_objectives_hf.training.state import Classes
 from scripts import evaluate, train
 

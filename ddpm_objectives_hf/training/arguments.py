@@ -349,7 +349,7 @@ def check_arguments(data_args: DataArguments, model_args: ModelArguments, obj, r
             f"lr_scheduler {run.lr_scheduler!r} with these flags: {message}", parameter="lr_scheduler"
         ) from err
     if model_args.model_config_name_or_path is None:
-        from .data import check_resolution
+        from .models import check_resolution
 
         check_resolution(resolution_of(data_args), len(model_args.block_out_channels))
 
