@@ -21,7 +21,7 @@ import torch
 
 from ddpm_objectives_hf import variational_bound
 from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
-from ddpm_objectives_hf.training.data import InMemoryImageData, digits_dataset
+from ddpm_objectives_hf.data import InMemoryImageData, digits_dataset
 from ddpm_objectives_hf.training.pipelines import load_for_evaluation
 
 

@@ -21,8 +21,8 @@ import time
 import torch
 
 from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal, mean_with_interval
+from ddpm_objectives_hf.data import InMemoryImageData, digits_dataset
 from ddpm_objectives_hf.ode import ode_bpd
-from ddpm_objectives_hf.training.data import InMemoryImageData, digits_dataset
 from ddpm_objectives_hf.training.pipelines import load_for_evaluation
 
 

@@ -4,7 +4,7 @@
 * baseline: a faithful, condensed copy of the hot loop of diffusers'
   ``examples/unconditional_image_generation/train_unconditional.py``: a `datasets` dataset with ``set_transform``
   doing the per-image PIL work of its torchvision pipeline (``convert("RGB")``, Resize, CenterCrop,
-  RandomHorizontalFlip, ToTensor, Normalize — ``OnTheFlyTransform`` of ``ddpm_objectives_hf.training.data``, the same
+  RandomHorizontalFlip, ToTensor, Normalize — ``OnTheFlyTransform`` of ``ddpm_objectives_hf.data``, the same
   preprocessing with PIL + torch, as torchvision is not a dependency), a torch ``DataLoader`` (``num_workers=0``,
   shuffle), ``accelerate.Accelerator``, ``EMAModel`` (diffusers' default
   ``foreach=False``), ``torch.optim.AdamW`` (torch's default implementation choice), ``noise_scheduler.add_noise``,
@@ -72,8 +72,8 @@ def run_baseline(args, seed: int) -> dict:
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from ddpm_objectives_hf.data import OnTheFlyTransform, digits_dataset
     from ddpm_objectives_hf.training.arguments import ModelArguments
-    from ddpm_objectives_hf.training.data import OnTheFlyTransform, digits_dataset
     from ddpm_objectives_hf.training.models import build_model
 
     out = tempfile.mkdtemp(prefix="bench-baseline-")

@@ -92,7 +92,7 @@ def load_model(model_dir: Path):
 
 def held_out_digits(n: int) -> torch.Tensor:
     """The first ``n`` held-out digits as float [n, 1, 8, 8] in [−1, 1], as `scripts/evaluate.py` reads them."""
-    from ddpm_objectives_hf.training.data import InMemoryImageData, digits_dataset
+    from ddpm_objectives_hf.data import InMemoryImageData, digits_dataset
 
     data = InMemoryImageData.from_dataset(digits_dataset("test"), "image", resolution=8, channels=1)
     return data.batch(torch.arange(min(n, len(data))))

@@ -15,14 +15,14 @@ from PIL import Image
 from run_script import evaluate, train
 
 import ddpm_objectives_hf
-from ddpm_objectives_hf.errors import DataError
-from ddpm_objectives_hf.training.data import (
+from ddpm_objectives_hf.data import (
     InMemoryImageData,
     digits_dataset,
     find_label_column,
     images_to_tensor,
     labels_to_tensor,
 )
+from ddpm_objectives_hf.errors import DataError
 from ddpm_objectives_hf.training.state import Classes
 
 T = 50

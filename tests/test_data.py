@@ -1,4 +1,4 @@
-"""Tests for `ddpm_objectives_hf.training.data`: loading image datasets, decoding them once to tensors, batches, checks."""
+"""Tests for `ddpm_objectives_hf.data`: loading image datasets, decoding them once to tensors, batches, checks."""
 
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ import torch
 from PIL import Image
 
 from ddpm_objectives_hf.cli import error_line
-from ddpm_objectives_hf.training.data import (
-    DataError,
+from ddpm_objectives_hf.data import (
+    TABLE_FILE_BUILDERS,
     InMemoryImageData,
     OnTheFlyTransform,
     as_image_column,
-    check_resolution,
     digits_dataset,
     find_image_column,
     fits_in_memory,
@@ -34,10 +33,11 @@ from ddpm_objectives_hf.training.data import (
     infer_channels,
     load_digits_split,
     load_image_dataset,
-    local_path,
     preprocess_image,
-    table_file_builders,
 )
+from ddpm_objectives_hf.errors import DataError
+from ddpm_objectives_hf.files import local_path
+from ddpm_objectives_hf.training.models import check_resolution
 
 
 @pytest.fixture(autouse=True)
@@ -176,8 +176,8 @@ def _write_table(folder: Path, extension: str) -> Path:
     return path
 
 
-def test_table_file_formats_come_from_datasets() -> None:
-    builders = table_file_builders()
+def test_table_file_formats() -> None:
+    builders = TABLE_FILE_BUILDERS
     for extension, builder in [(".parquet", "parquet"), (".csv", "csv"), (".tsv", "csv"), (".json", "json")]:
         assert builders[extension][0] == builder
     assert builders[".jsonl"][0] == "json" and builders[".arrow"][0] == "arrow"

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import ddpm_objectives_hf.evaluation.features as features_mod
+from ddpm_objectives_hf.data import load_digits_split
 from ddpm_objectives_hf.evaluation.features import (
     DigitsClassifier,
     DigitsFeatureExtractor,
@@ -28,7 +29,6 @@ from ddpm_objectives_hf.evaluation.fid import (
     frechet_distance,
     make_fid_metric,
 )
-from ddpm_objectives_hf.training.data import load_digits_split
 
 
 def _images01(split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,6 +52,13 @@ def test_the_objective_imports_nothing_of_the_application():
     assert not offenders, offenders
 
 
+def test_evaluation_and_data_import_nothing_of_training():
+    """What training and evaluation share (data, files) lives beside them, not inside training."""
+    modules = sorted((ROOT / PACKAGE / "evaluation").glob("*.py")) + sorted((ROOT / PACKAGE / "data").glob("*.py"))
+    offenders = {p.name: n for p in modules for n in _imports(p) if n.startswith(f"{PACKAGE}.training")}
+    assert not offenders, offenders
+
+
 def test_the_layout_check_sees_relative_imports():
     """The check itself: relative imports of the application and an import of scripts are found."""
     source = "from .training import models\nfrom .cli.arguments import build_scheduler\nfrom . import data\nimport scripts\n"

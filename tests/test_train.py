@@ -656,7 +656,7 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path: Path):
 
 def test_streaming_data_path(tmp_path, capsys, monkeypatch):
     """Data that do not fit in memory stream through an accelerate DataLoader, and resuming continues it."""
-    monkeypatch.setattr("ddpm_objectives_hf.training.data.fits_in_memory", lambda *a, **k: False)
+    monkeypatch.setattr("ddpm_objectives_hf.data.fits_in_memory", lambda *a, **k: False)
     out = tmp_path / "stream"
     run_ok(tiny_args(out, "--checkpointing_steps", "2", "--random_flip", steps=4), capsys)
     assert (out / UNET_WEIGHTS).is_file()

@@ -47,7 +47,7 @@ class Reference:
 def load_digits(split: str) -> torch.Tensor:
     """A digits split as evaluate.py and train.py read it (the fixed split of ``load_digits_split``), [N, 1, 8, 8] in
     [−1, 1]: uint8 x ↦ x / 127.5 − 1."""
-    from ddpm_objectives_hf.training.data import load_digits_split
+    from ddpm_objectives_hf.data import load_digits_split
 
     images, _ = load_digits_split(split)
     return torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
@@ -138,7 +138,7 @@ def extract_ema(checkpoint: Path, unet: torch.nn.Module, out_file: Path) -> None
     ``shadow_params``, read with ``weights_only=True``) as a safetensors file of ``unet``'s parameter names."""
     from safetensors.torch import save_file
 
-    from ddpm_objectives_hf.training.run_folder import atomic_write
+    from ddpm_objectives_hf.files import atomic_write
 
     names = [name for name, _ in unet.named_parameters()]
     for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
@@ -207,7 +207,7 @@ def sample_and_score(
     stats = reference.heldout_stats
     view = classifier_view(reference.extractor, samples)
     if samples_file is not None:
-        from ddpm_objectives_hf.training.run_folder import atomic_write
+        from ddpm_objectives_hf.files import atomic_write
 
         array = (samples.numpy() * 255).round().astype(np.uint8)
         atomic_write(samples_file, lambda p: _save_npz(p, samples=array))

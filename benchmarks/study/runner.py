@@ -190,7 +190,7 @@ def measurements(spec: RunSpec) -> list[tuple[str, int, dict]]:
 
 
 def len_heldout() -> int:
-    return 360  # the digits' fixed held-out split (training/data.py: load_digits_split)
+    return 360  # the digits' fixed held-out split (data/sources.py: load_digits_split)
 
 
 _REFERENCE = None

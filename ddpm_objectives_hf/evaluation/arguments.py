@@ -228,7 +228,7 @@ def load_images(
     args: EvalArguments, channels: int, resolution: int, num_classes: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The evaluation images as float [N, C, R, R] in [−1, 1], and their labels (for a model of ``num_classes``)."""
-    from ..training.data import (
+    from ..data import (
         InMemoryImageData,
         find_label_column,
         infer_channels,

@@ -2,7 +2,7 @@
 
 Inception-v3 features (the usual FID backbone) need torch-fidelity and downloaded weights, and say little about 8×8
 grey digits anyway. This module trains, in a few seconds on CPU, a tiny CNN on the fixed digits train split
-(`ddpm_objectives_hf.training.data.load_digits_split`) and exposes its 128-d penultimate layer as a torchmetrics-compatible
+(`ddpm_objectives_hf.data.load_digits_split`) and exposes its 128-d penultimate layer as a torchmetrics-compatible
 feature extractor. Weights are cached as safetensors (never pickled) next to a JSON sidecar with the test accuracy.
 """
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.data import load_digits_split
-from ..training.run_folder import atomic_write as _atomic_write
+from ..data import load_digits_split
+from ..files import atomic_write as _atomic_write
 
 __all__ = [
     "CLASSIFIER_VERSION",

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 class ModelFamily:
@@ -69,8 +70,6 @@ class UNetFamily(ModelFamily):
         return config.get("num_class_embeds")
 
     def check_resolution(self, config, resolution):
-        from .data import check_resolution
-
         blocks = config.get("block_out_channels")
         if not isinstance(blocks, (list, tuple)) or not blocks:
             raise ConfigError("model_config_name_or_path: a UNet2DModel config needs a block_out_channels list",
@@ -242,3 +241,36 @@ def _pretrained_model(args, channels: int, learned_variance: bool):
         fixed = pretrained_scheduler.config.variance_type
         model = family.widen_output(model, 2 * channels, 1.0 if fixed.startswith("fixed_large") else -1.0)
     return family.prepare_for_training(model)
+
+
+def check_resolution(resolution: int, num_down_blocks: int) -> int:
+    """Check that a `UNet2DModel` with `num_down_blocks` down blocks can take `resolution`×`resolution` images.
+
+    Every down block but the last halves the size, so the resolution must be divisible by `2**(num_down_blocks-1)`.
+
+    Args:
+        resolution (`int`): The image side.
+        num_down_blocks (`int`): The number of down blocks of the UNet.
+
+    Returns:
+        `resolution`.
+
+    Raises:
+        `DataError`: `parameter="resolution"`, with the nearest valid values.
+    """
+    if num_down_blocks < 1:
+        raise ValueError(f"num_down_blocks must be >= 1, got {num_down_blocks}")
+    factor = 2 ** (num_down_blocks - 1)
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
+        raise DataError(
+            f"resolution must be a positive integer divisible by {factor}, got {resolution!r}", parameter="resolution"
+        )
+    if resolution % factor:
+        lower, upper = (resolution // factor) * factor, (resolution // factor + 1) * factor
+        valid = f"{lower} or {upper}" if lower > 0 else str(upper)
+        raise DataError(
+            f"resolution {resolution} is not divisible by {factor} (2**({num_down_blocks}-1): a UNet with "
+            f"{num_down_blocks} down blocks halves the size {num_down_blocks - 1} times); use e.g. {valid}",
+            parameter="resolution",
+        )
+    return int(resolution)

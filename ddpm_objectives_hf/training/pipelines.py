@@ -209,7 +209,7 @@ def load_for_evaluation(
     ``diffusion_pytorch_model.fp16.safetensors``) on ``device``."""
     unet_class, _, scheduler, objective = read_pipeline(model_dir, scheduler_class, revision=revision,
                                                          parameter=parameter)  # fmt: skip
-    from .data import local_path
+    from ..files import local_path
 
     source = str(local_path(model_dir) or model_dir)
     try:
@@ -251,7 +251,7 @@ def read_pipeline(
         information of ``objective.json`` (``timestep_sampler``, ``dataset``, ``train_steps``, ...) and the
         pipeline's ``num_classes`` and ``null_class_label`` (`None` for an unconditional model).
     """
-    from .data import local_path
+    from ..files import local_path
 
     local = local_path(model_dir)  # None: a Hub id
     if local is not None and not (local / "model_index.json").is_file():

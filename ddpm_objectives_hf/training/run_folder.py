@@ -6,7 +6,8 @@ interface a training loop uses (resume, claim, checkpoint, finish); the function
 * **One run per folder.** A folder holding an earlier run is only continued from one of its checkpoints or replaced
   as a whole (``overwrite_output_dir``): two runs never mix. A running run holds its folder (an ``flock`` on it,
   :func:`hold_run_folder`): a second run on it stops with one line naming the holder.
-* **Atomic files.** :func:`atomic_write` writes through a temporary file and ``os.replace``.
+* **Atomic files.** :func:`~ddpm_objectives_hf.files.atomic_write` writes through a temporary file and
+  ``os.replace``.
 * **Final save.** Everything is built in one staging folder (:data:`STAGING_FINAL`) inside the output folder, then
   swapped in entry by entry (:func:`staged_outputs`); an interrupted swap is finished at the next start
   (:func:`clean_leftovers`).
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import atomic_write
 
 TOOL = "ddpm_objectives_hf"
 RUN_MARKER = "ddpm_objectives_run.json"
@@ -53,26 +55,6 @@ LOCAL_ONLY_PATTERNS = (*(f"{prefix}*" for prefix in LEFTOVER_PREFIXES), RUN_MARK
 
 
 # ---------------------------------------------------------------------------------------------------- files
-def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[str], object]) -> Path:
-    """Write ``path`` via a temporary file in the same folder and ``os.replace``: readers (and a kill) never see a
-    partial file. ``content`` is text, bytes, or a function that writes the file at the path it is given."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.parent / f".tmp-{path.name}.{uuid.uuid4().hex[:8]}")  # the usual permissions, unlike mkstemp
-    try:
-        if callable(content):
-            content(tmp)
-        elif isinstance(content, bytes):
-            Path(tmp).write_bytes(content)
-        else:
-            Path(tmp).write_text(content)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_json(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 

@@ -78,7 +78,7 @@ def save_run(
     unet.eval()
     dataset = data_args.dataset_name or data_args.train_data_dir or "sklearn-digits"
     final_loss = state.history[-1]["loss"] if state.history else float("nan")
-    from .data import local_path
+    from ..files import local_path
 
     extra = {"timestep_sampler": obj.timestep_sampler, "dataset": dataset, "train_steps": state.step}
     hub_base_model = base_model if base_model and local_path(base_model) is None else None

@@ -28,7 +28,7 @@ class DataStream:
     def __init__(
         self, data_args: DataArguments, run: RunArguments, accelerator, resolution: int, class_conditional: bool
     ):
-        from .data import (
+        from ..data import (
             InMemoryImageData,
             OnTheFlyTransform,
             find_label_column,
