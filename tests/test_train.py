@@ -668,19 +668,19 @@ def test_streaming_data_path(tmp_path, capsys, monkeypatch):
 def test_a_running_run_holds_its_folder(tmp_path: Path, capsys):
     """A second run on a folder in use (plain, resume or overwrite) gets one line naming --output_dir and the holder;
     once the holder ends (a kill releases the lock the same way) the folder is free, and no lock file is left."""
-    from ddpm_objectives_hf.training.run_folder import hold_run_folder
+    from ddpm_objectives_hf.training.run_folder import RunFolder
 
     out = tmp_path / "run"
-    held = hold_run_folder(out)  # another run, as far as the kernel is concerned (its own open file description)
-    for extra in ([], ["--overwrite_output_dir"], ["--resume_from_checkpoint", "latest"]):
-        assert train([*tiny_args(out, steps=2), *extra]) == 2
-        err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert (
-            err == f"train.py: error: --output_dir '{out}' is in use by another run (pid {os.getpid()}); wait for it "
-            "to end or choose another folder"
-        )
-    assert list(out.iterdir()) == []  # nothing written by the refused runs
-    held.close()
+    with RunFolder(out) as held:
+        held.hold()  # another run, as far as the kernel is concerned (its own open file description)
+        for extra in ([], ["--overwrite_output_dir"], ["--resume_from_checkpoint", "latest"]):
+            assert train([*tiny_args(out, steps=2), *extra]) == 2
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert (
+                err == f"train.py: error: --output_dir '{out}' is in use by another run (pid {os.getpid()}); wait for "
+                "it to end or choose another folder"
+            )
+        assert list(out.iterdir()) == []  # nothing written by the refused runs
     run_ok(tiny_args(out, steps=2))
     run_ok(tiny_args(out, "--overwrite_output_dir", steps=2))  # the finished run released it
 

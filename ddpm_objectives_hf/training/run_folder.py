@@ -2,10 +2,10 @@
 interface a training loop uses (resume, claim, checkpoint, finish); the functions below are its parts.
 
 * **Ownership.** A folder this tool makes gets :data:`RUN_MARKER` (a small JSON file naming the tool) before anything
-  else; a non-empty folder without it is never written to (:func:`check_output_dir`, :func:`prepare_output_dir`).
+  else; a non-empty folder without it is never written to (:func:`check_output_dir`, :meth:`RunFolder.claim`).
 * **One run per folder.** A folder holding an earlier run is only continued from one of its checkpoints or replaced
   as a whole (``overwrite_output_dir``): two runs never mix. A running run holds its folder (an ``flock`` on it,
-  :func:`hold_run_folder`): a second run on it stops with one line naming the holder.
+  :meth:`RunFolder.hold`): a second run on it stops with one line naming the holder.
 * **Atomic files.** :func:`~ddpm_objectives_hf.files.atomic_write` writes through a temporary file and
   ``os.replace``.
 * **Final save.** Everything is built in one staging folder (:data:`STAGING_FINAL`) inside the output folder, then
@@ -155,7 +155,7 @@ def check_output_dir(
     name_of: Callable[[str], str] = str,
 ) -> None:
     """Refuse an ``output_dir`` a run must not write to; only reads (nothing is written until
-    :func:`prepare_output_dir`).
+    :meth:`RunFolder.claim`).
 
     Never a non-empty folder this tool did not make (with or without ``overwrite_output_dir`` or
     ``resume_from_checkpoint``); never two runs mixed in a folder it made: a folder holding an earlier run is only
@@ -174,7 +174,9 @@ def check_output_dir(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a folder", parameter="output_dir")
     if out.is_dir():  # a running run's folder, whatever this run would do with it (free: released at once)
-        FolderLock(_lock_folder(out, output_dir)).close()
+        fd = _lock_folder(out, output_dir)
+        if fd is not None:
+            os.close(fd)
     if not out.is_dir() or not any(out.iterdir()):
         return
     overwrite, resume = name_of("overwrite_output_dir"), name_of("resume_from_checkpoint")
@@ -208,34 +210,6 @@ def check_output_dir(
             "a new folder",
             parameter="output_dir",
         )
-
-
-class FolderLock:
-    """An exclusive ``flock`` on a folder, held until :meth:`close` or until the object (or the process) goes."""
-
-    def __init__(self, fd: int | None):
-        self.fd = fd
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-
-    __del__ = close
-
-
-def hold_run_folder(output_dir: str | os.PathLike) -> FolderLock:
-    """Hold ``output_dir`` for this run: an exclusive ``flock`` on the folder itself, taken without waiting, by the
-    main process just before it first writes there (:func:`prepare_output_dir`). No file is made for it, and the
-    kernel releases it when the holder closes it or ends, however it ends (a killed run blocks nothing). Keep the
-    returned lock for the whole run. (No lock where the system has no ``flock``.)
-
-    Raises:
-        ConfigError: With ``parameter="output_dir"``, naming the process that holds the folder.
-    """
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    return FolderLock(_lock_folder(root, output_dir))
 
 
 def _lock_folder(root: Path, output_dir: str | os.PathLike) -> int | None:
@@ -272,42 +246,6 @@ def _lock_holder(root: Path) -> str:
     except (OSError, ValueError):
         pass
     return "another process"
-
-
-def prepare_output_dir(
-    output_dir: str | os.PathLike, *, replace: bool = False, resumed_step: int | None = None
-) -> None:
-    """Claim ``output_dir`` for a run that is about to train (main process, after all checks passed).
-
-    Writes :data:`RUN_MARKER` first, finishes or discards interrupted saves, and removes the folders of
-    ``checkpoint-N`` that are incomplete or newer than ``resumed_step`` (the step resumed from a checkpoint of this
-    folder: what comes after it is replaced by this run). With ``replace``, every other output of a previous run goes
-    too (its checkpoints included, except the ones this run resumes from), so two runs never mix; so do the
-    remains of a run that failed before its first checkpoint (:func:`run_results`: none).
-
-    Args:
-        output_dir: The run's folder; it must be empty, missing, or made by this tool.
-        replace: Remove a previous run's outputs (``overwrite_output_dir``).
-        resumed_step: Step of the checkpoint of this folder the run resumed from, or `None`.
-    """
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    if not _made_by_this_tool(root / RUN_MARKER):
-        if run_outputs(root) and not is_run_folder(root):
-            raise ConfigError(f"output_dir '{root}' is not empty and was not made by {TOOL}", parameter="output_dir")
-        write_json(root / RUN_MARKER, {"created_by": TOOL, "format": 1})
-    clean_leftovers(root)
-    replace = replace or not run_results(root)  # a run that failed before its first checkpoint: nothing to keep
-    for path in run_outputs(root):
-        match = CHECKPOINT_RE.match(path.name)
-        if match and path.is_dir():
-            step = int(match.group(1))
-            keep = resumed_step is not None and step <= resumed_step
-            if (path / COMPLETE_MARKER).is_file() and (keep or not (replace or resumed_step is not None)):
-                continue
-        elif not replace:
-            continue
-        remove_path(path)
 
 
 # ---------------------------------------------------------------------------------------------------- staging
@@ -403,13 +341,26 @@ class RunFolder:
         self.name_of = name_of
         self.identity: dict | None = None
         self._resumed_here: int | None = None  # the step of a checkpoint of this folder the run continues
-        self._lock = FolderLock(None)
+        self._fd: int | None = None  # the descriptor holding the folder's flock
 
     def __enter__(self) -> RunFolder:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.close()
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def hold(self) -> None:
+        """Hold the folder: an exclusive ``flock`` on the folder itself, taken without waiting, until the ``with``
+        block ends. No file is made for it, and the kernel releases it when the holder ends, however it ends (a
+        killed run blocks nothing); no lock where the file system has no ``flock``.
+
+        Raises:
+            ConfigError: With ``parameter="output_dir"``, naming the process that holds the folder.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fd = _lock_folder(self.root, self.root)
 
     def resume(self, accelerator, checkpoint: str, identity: dict, *, max_train_steps: int, state) -> Path:
         """Load ``checkpoint`` (``"latest"`` or a path) into ``accelerator``'s registered objects, only if it is of this
@@ -430,15 +381,33 @@ class RunFolder:
         return path
 
     def claim(self, accelerator, identity: dict, config: dict) -> None:
-        """Make the folder this run's (main process; all processes wait): hold it (a second run on it stops with one
-        line naming the holder), write the ownership marker, finish or remove interrupted saves and what this run
-        replaces (:func:`prepare_output_dir`), and record ``config`` as ``training_config.json``. ``identity`` goes
-        into every checkpoint."""
+        """Make the folder this run's (main process; all processes wait), after every check passed: :meth:`hold` it,
+        write :data:`RUN_MARKER` first, finish or discard interrupted saves, and remove the ``checkpoint-N`` that
+        are incomplete or newer than the one resumed from in this folder (this run replaces what came after it).
+        With ``overwrite``, every other output of a previous run goes too (its checkpoints included, except the ones
+        resumed from), so two runs never mix; so do the remains of a run that failed before its first checkpoint.
+        Then ``config`` is recorded as ``training_config.json``; ``identity`` goes into every checkpoint."""
         self.identity = identity
         if accelerator.is_main_process:
-            self._lock = hold_run_folder(self.root)
-            prepare_output_dir(self.root, replace=self.overwrite, resumed_step=self._resumed_here)
-            atomic_write(self.root / "training_config.json", json.dumps(config, indent=2) + "\n")
+            self.hold()
+            root, resumed_step = self.root, self._resumed_here
+            if not _made_by_this_tool(root / RUN_MARKER):
+                if run_outputs(root) and not is_run_folder(root):
+                    raise ConfigError(f"output_dir '{root}' is not empty and was not made by {TOOL}",
+                                      parameter="output_dir")  # fmt: skip
+                write_json(root / RUN_MARKER, {"created_by": TOOL, "format": 1})
+            clean_leftovers(root)
+            replace = self.overwrite or not run_results(root)  # a failed run's remains: nothing to keep
+            for path in run_outputs(root):
+                match = CHECKPOINT_RE.match(path.name)
+                if match and path.is_dir():
+                    keep = resumed_step is not None and int(match.group(1)) <= resumed_step
+                    if (path / COMPLETE_MARKER).is_file() and (keep or not (replace or resumed_step is not None)):
+                        continue
+                elif not replace:
+                    continue
+                remove_path(path)
+            atomic_write(root / "training_config.json", json.dumps(config, indent=2) + "\n")
         accelerator.wait_for_everyone()
 
     def checkpoint(self, accelerator, step: int) -> Path:
