@@ -346,6 +346,21 @@ def test_exact_likelihood_claims_gaps_and_plateau():
     assert not flat["eps-simple"]["flat"]
 
 
+def test_gap_summary_reads_the_signs_and_extremes_from_the_numbers():
+    def gap(name, exact, values):
+        return {"objective": name, "exact": stats.t_interval([exact] * 3), "gap": stats.t_interval(values)}
+
+    below = [gap("a", 4.7, [-0.04, -0.05, -0.045]), gap("b", 4.2, [-0.5, -0.4, -0.45])]
+    text = page._gap_summary(below)
+    assert text.startswith("Best exact likelihood: b (4.200")
+    assert "the bound lies below the exact likelihood" in text
+    assert "nearest to the exact likelihood for a (gap -0.045" in text and "farthest from it for b" in text
+    mixed = [gap("a", 4.7, [0.1, 0.2, 0.15]), gap("b", 4.2, [-0.5, -0.4, -0.45])]
+    assert "signs differ" in page._gap_summary(mixed)
+    above = [gap("a", 4.7, [0.1, 0.2, 0.15])]
+    assert "lies above" in page._gap_summary(above)
+
+
 def test_seeds_to_resolve_is_the_smallest_n_whose_interval_clears_zero():
     # mean 1, s = 1: t_{.975, n−1} / √n < 1 first at n = 7 (2.447 / 2.646 = 0.92; n = 6: 2.571 / 2.449 = 1.05)
     assert stats.seeds_to_resolve({"mean": 1.0, "std": 1.0}) == 7
