@@ -55,6 +55,17 @@ def test_profiles_checkpoint_every_curve_point():
         replace(profiles.QUICK, objectives=("nope",))
 
 
+def test_extra_sweep_seeds_are_runs_of_the_sweep_objectives_only():
+    p = profiles.CONVERGED
+    extra = [(o, s) for o, s in p.runs() if s not in p.seeds]
+    assert extra and {o for o, _ in extra} == set(p.sweep_objectives)
+    assert sorted(s for o, s in extra if o == "eps-simple") == sorted(p.sweep_extra_seeds)
+    assert len(p.runs()) == len(p.objectives) * len(p.seeds) + len(p.sweep_objectives) * len(p.sweep_extra_seeds)
+    chosen = profiles.select(p, ["eps-simple", "eps-hybrid"], [3])
+    assert chosen.runs() == [("eps-simple", 3), ("eps-hybrid", 3)]  # --seeds: only those
+    assert profiles.select(p, ["eps-kl"]).runs() == [("eps-kl", s) for s in p.seeds]  # not a sweep objective
+
+
 def test_measurements_are_unique_and_cover_the_profile():
     p = profiles.QUICK
     for name in p.objectives:

@@ -270,6 +270,18 @@ def _rel(path: Path, page: Path) -> str:
     return Path(os.path.relpath(path, page.parent)).as_posix()
 
 
+def _extra_seeds_note(p: Mapping) -> str:
+    """The second stage of seeds of the sweep objectives, where the profile has one."""
+    extra = p.get("sweep_extra_seeds") or ()
+    if not extra:
+        return ""
+    return (f"{' and '.join(p['sweep_objectives'])} (the fixed- vs learned-variance comparison) also have the seeds "
+            f"{', '.join(map(str, extra))}: a second stage, sized from the spread of the first three seeds, for the "
+            "claims whose FID differences stayed within their noise (their intervals are over these "
+            f"{len(p['seeds']) + len(extra)} seeds; choosing a second stage from the first makes them somewhat "
+            "optimistic). ")  # fmt: skip
+
+
 def _gap_summary(gaps: list[dict]) -> str:
     """What the bound-vs-exact table says, in words from its numbers: the best exact likelihood, the sign of the gaps
     and which objective's bound is nearest to and farthest from its exact likelihood."""
@@ -327,7 +339,8 @@ def write_page(results: Mapping, fig_dir: Path, page: Path, notes: Mapping | Non
         f"seeds {', '.join(map(str, p['seeds']))} (a seed fixes initialisation, data order and noise; the sample "
         "noise of a seed is shared by all objectives, so comparisons are paired by seed). Intervals are 95% "
         "Student-t intervals over seeds (a difference: over the per-seed differences). "
-        f"**FID**: {p['fid_samples']} generated images (respaced DDPM, {p['sampling_steps']} steps, EMA weights) "
+        + _extra_seeds_note(p)
+        + f"**FID**: {p['fid_samples']} generated images (respaced DDPM, {p['sampling_steps']} steps, EMA weights) "
         "against all 360 held-out digits, on the digits classifier's 128-d features (not comparable with Inception "
         "FIDs); its own sampling noise is the standard deviation over "
         f'{p["bootstrap"]} bootstrap resamples of the generated images ("FID noise"). **Bits/dim**: the fast '
@@ -348,8 +361,12 @@ def write_page(results: Mapping, fig_dir: Path, page: Path, notes: Mapping | Non
         lines += [f"The last session took {notes['elapsed_s'] / 60:.1f} min, reusing what the run cache held "
                   f"({notes.get('jobs', 1)} job(s), "
                   f"{notes.get('threads', 1)} thread(s) each, {notes.get('device', 'cpu')}).", ""]  # fmt: skip
-    missing = [f"{o} seed {s}" for o in p["objectives"] for s in p["seeds"]
-               if str(s) not in results.get("runs", {}).get(o, {}).get("seeds", {})]  # fmt: skip
+    planned = [(o, s) for o in p["objectives"] for s in p["seeds"]]
+    planned += [(o, s) for o in p.get("sweep_objectives", ()) if o in p["objectives"]
+                for s in p.get("sweep_extra_seeds", ())]  # fmt: skip
+    missing = [
+        f"{o} seed {s}" for o, s in planned if str(s) not in results.get("runs", {}).get(o, {}).get("seeds", {})
+    ]
     if missing:
         lines += [f"**Incomplete**: no results yet for {', '.join(missing)}.", ""]
 
