@@ -26,11 +26,13 @@ Profiles (``benchmarks/study/profiles.py``):
   batches: 8,100 training steps and 1.55 M network evaluations, ≈ 61 min with ``--jobs 2`` at the smoke run's
   costs (less on two free cores). ``--dry_run`` prints this estimate from the costs measured in the cache.
 * ``--converged``: the five objectives the claims compare (eps-simple, eps-kl, eps-kl-uniform, eps-hybrid,
-  eps-min_snr5) × seeds 0 1 2, 4,000 steps (at 2,400 eps-simple's bits/dim still moved 0.09 over the last 600),
-  curves at 250/500/1000/1500/2000/3000/4000 for all five, the same FID, bits/dim and sweep settings as the CPU
-  profile, and the exact likelihood (probability-flow ODE, 128 held-out digits, one draw) of every final model:
-  60,000 training steps and ≈ 2.9 M network evaluations, ≈ 2 h with one job on a free core (0.10 s per step,
-  0.54 s per 1,000 evaluations measured). The page's plateau table says whether each curve has flattened.
+  eps-min_snr5) × seeds 0 1 2, and seeds 3-8 for eps-simple and eps-hybrid (a second stage for the fixed- vs
+  learned-variance claims, sized from the first stage's spread), 4,000 steps (at 2,400 eps-simple's bits/dim still
+  moved 0.09 over the last 600), curves at 250/500/1000/1500/2000/3000/3500/4000 for all, the same FID, bits/dim and
+  sweep settings as the CPU profile, and the exact likelihood (probability-flow ODE, 128 held-out digits, one draw)
+  of every final model: 27 runs, 108,000 training steps and ≈ 6.1 M network evaluations, ≈ 5.2 h of one core
+  (0.14 s per step, 0.57 s per 1,000 evaluations measured beside other work), run as two jobs over two sittings.
+  The page's plateau table says whether each curve has flattened.
 * ``--long`` (GPU): all 9 objectives × 5 seeds, 4,000 steps, curves at 250/500/1000/2000/3000/4000 (also for the
   two L_vlb runs), 2,000 samples per FID with 1,000 DDPM steps, the sweep at 10/25/50/100/250/1000 steps with 2,000
   samples, and the full bound: 180,000 training steps and ≈ 446 M network evaluations (not timed here: no GPU).

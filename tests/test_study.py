@@ -425,3 +425,12 @@ def test_the_study_reads_the_digits_as_evaluate_py_does():
     for split in ("train", "test"):
         expected, _ = load_images(EvalArguments(model_dir="digits", split=split, fid_features="digits"), 1, 8)
         assert torch.equal(load_digits(split), expected)
+
+
+def test_log_ticks_label_only_where_labels_do_not_collide():
+    plt = page._plt()
+    fig, ax = plt.subplots()
+    page._log_ticks(ax, (250, 500, 1000, 1500, 2000, 3000, 3500, 4000))
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+    assert labels == ["250", "500", "1000", "", "2000", "", "", "4000"]

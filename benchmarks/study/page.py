@@ -83,9 +83,16 @@ def _band(ax, xs, per_seed: Mapping[str, tuple[list, list]], label: str, style: 
 
 
 def _log_ticks(ax, ticks) -> None:
-    """A log x axis labelled at ``ticks`` with plain integers."""
+    """A log x axis with a tick at each of ``ticks``, labelled with plain integers where the labels do not collide
+    (the last one always; another only 1.4× or more from the previous labelled one)."""
+    ticks = sorted(ticks)
+    labelled, last = set(), None
+    for t in reversed(ticks):
+        if last is None or last / t >= 1.4:
+            labelled.add(t)
+            last = t
     ax.set_xscale("log")
-    ax.set_xticks(list(ticks), [str(t) for t in ticks])
+    ax.set_xticks(ticks, [str(t) if t in labelled else "" for t in ticks])
     ax.minorticks_off()
 
 
