@@ -37,12 +37,13 @@ logger = logging.getLogger("ddpm_objectives_hf.evaluate")
 def evaluate(args: EvalArguments) -> dict:
     from ddpm_objectives_hf.bpd import estimate_bpd, full_bpd, learn_proposal
     from ddpm_objectives_hf.elbo import slice_model_kwargs
-    from ddpm_objectives_hf.training.pipelines import load_for_evaluation
+    from ddpm_objectives_hf.training.pipelines import load_denoiser, read_pipeline
 
     device = torch.device(args.device)
     out_dir = Path(args.output_dir or Path(args.model_dir) / "eval")
-    unet, scheduler, objective = load_for_evaluation(args.model_dir, device)
-    guidance_scales = check_model(args, unet.config, scheduler, objective)
+    unet_class, config, scheduler, objective = read_pipeline(args.model_dir)  # configs: checked before the weights
+    guidance_scales = check_model(args, config, scheduler, objective)
+    unet = load_denoiser(args.model_dir, unet_class, device)
     num_classes, null_class_label = objective.get("num_classes"), objective.get("null_class_label")
     T = scheduler.config.num_train_timesteps
     resolution = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> None:
-    args = parse_args(argv)  # every flag checked, and the model's configs where they are local: before any work
+    args = parse_args(argv)  # every flag and this machine checked; the model's configs in evaluate(), first
     threads = torch.get_num_threads()
     torch.set_num_threads(args.num_threads or int(os.environ.get("OMP_NUM_THREADS") or 1))
     try:

@@ -333,7 +333,7 @@ def test_threads_default_to_one_as_accelerate_launch_and_are_restored(tiny_pipel
         seen.append(torch.get_num_threads())
         raise ConfigError("stopped after the threads were set")
 
-    monkeypatch.setattr("ddpm_objectives_hf.training.pipelines.load_for_evaluation", load)
+    monkeypatch.setattr("ddpm_objectives_hf.training.pipelines.load_denoiser", load)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     assert run_eval(tiny_pipeline, tmp_path) == 2

@@ -32,10 +32,11 @@ EVAL = [
     "--pilot_images", "2", "--pilot_grid", "8", "--fid_features", "none", "--no_full_bpd", "--device", "cpu",
 ]  # fmt: skip
 TOKEN = "hf_hostileFakeToken"
-# what each script does first once its input is checked (train.py builds its Accelerator, evaluate.py loads the model)
+# what each script does first once its input is checked (train.py builds its Accelerator, evaluate.py loads the
+# weights, after checking the flags against the model's configs)
 FIRST_WORK = {
     "train": "accelerate.Accelerator",
-    "evaluate": "ddpm_objectives_hf.training.pipelines.load_for_evaluation",
+    "evaluate": "ddpm_objectives_hf.training.pipelines.load_denoiser",
 }
 
 

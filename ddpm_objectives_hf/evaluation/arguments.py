@@ -3,8 +3,8 @@ place), parsed from flags or a JSON/YAML file, the checks made before any work, 
 
 from __future__ import annotations
 
-import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +140,8 @@ class EvalArguments:
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:
     """Flags (MODEL_DIR may come first, without ``--model_dir``), or a JSON/YAML file of them then flags, every value
-    checked and then this machine and the model's configs (:func:`check_environment`): nothing is loaded before.
+    checked and then this machine (:func:`check_environment`); against the model, by :func:`check_model` once its
+    configs are read, before its weights.
 
     Raises:
         ConfigError: One line naming the flag at fault and what is valid.
@@ -156,37 +157,26 @@ def parse_args(argv: list[str] | None = None) -> EvalArguments:
 
 
 def check_environment(args: EvalArguments) -> None:
-    """What must hold before any work: the device is present, the report's folder can be written, the data folder
-    exists, and for a local model the step counts fit its T and the flags its conditioning (read from its configs,
-    small files); a Hub model is checked against the flags once loaded (:func:`check_model`)."""
+    """What must hold on this machine before any work: the device is present, the report's folder can be written,
+    the data folder exists. The flags are checked against the model's configs by :func:`check_model`."""
     check_device("device", args.device)
     check_writable_folder("output_dir", args.output_dir or Path(args.model_dir) / "eval")
     check_existing_folder("train_data_dir", args.train_data_dir)
-    T = _num_train_timesteps(args.model_dir)
-    if T is not None:
-        check_range("num_inference_steps", args.num_inference_steps, ge=1, le=T, integer=True)
-        check_range("num_bpd_timesteps", args.num_bpd_timesteps, ge=2, le=T, integer=True)
-    index = Path(args.model_dir) / "model_index.json"
-    if index.is_file():
-        try:
-            pipeline_config = json.loads(index.read_text())
-        except ValueError:
-            return  # the loader says why
-        if isinstance(pipeline_config, dict):
-            check_conditioning(args, pipeline_config.get("num_classes"), pipeline_config.get("null_class_label"))
 
 
-def check_model(args: EvalArguments, unet_config, scheduler, objective: dict) -> list[float]:
-    """The flags against the loaded model (its T, output channels and conditioning); the guidance scales to sample
-    with (``[None]``: an unconditional model)."""
+def check_model(args: EvalArguments, config: Mapping, scheduler, objective: dict) -> list[float]:
+    """The flags against the model's configs, read before its weights (``read_pipeline``: the denoiser's ``config``,
+    the objective scheduler, ``objective``): its T, output channels and conditioning. Returns the guidance scales
+    to sample with (``[None]``: an unconditional model)."""
     T = scheduler.config.num_train_timesteps
     check_range("num_inference_steps", args.num_inference_steps, ge=1, le=T, integer=True)
     check_range("num_bpd_timesteps", args.num_bpd_timesteps, ge=2, le=T, integer=True)
-    channels = unet_config.in_channels
+    channels = config["in_channels"]
+    out_channels = config.get("out_channels") or channels
     expected_out = 2 * channels if scheduler.learned_variance else channels
-    if unet_config.out_channels != expected_out:
+    if out_channels != expected_out:
         raise ConfigError(
-            f"model_dir: the UNet has {unet_config.out_channels} output channels but variance_type="
+            f"model_dir: the UNet has {out_channels} output channels but variance_type="
             f"{scheduler.config.variance_type!r} needs {expected_out}",
             parameter="model_dir",
         )
@@ -212,16 +202,6 @@ def check_conditioning(args: EvalArguments, num_classes: int | None, null_class_
             parameter="guidance_scales",
         )
     return list(args.guidance_scales)
-
-
-def _num_train_timesteps(model_dir: str) -> int | None:
-    """T of a pipeline folder's scheduler, or `None` if it cannot be read here (the loader then says why)."""
-    config = Path(model_dir) / "scheduler" / "scheduler_config.json"
-    try:
-        T = json.loads(config.read_text())["num_train_timesteps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return T if isinstance(T, int) and not isinstance(T, bool) and T >= 1 else None
 
 
 def load_images(

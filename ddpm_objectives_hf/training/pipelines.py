@@ -205,10 +205,25 @@ def load_for_evaluation(
     parameter: str = "MODEL_DIR",
 ) -> tuple[torch.nn.Module, DDPMObjectiveScheduler, dict]:
     """Load a saved pipeline (local folder or Hub id) as ``(unet, objective scheduler, objective)``: what
-    :func:`read_pipeline` reads, and the denoiser's weights (``variant``: e.g. ``fp16`` reads
-    ``diffusion_pytorch_model.fp16.safetensors``) on ``device``."""
+    :func:`read_pipeline` reads, and the denoiser's weights (:func:`load_denoiser`)."""
     unet_class, _, scheduler, objective = read_pipeline(model_dir, scheduler_class, revision=revision,
                                                          parameter=parameter)  # fmt: skip
+    unet = load_denoiser(model_dir, unet_class, device, revision=revision, variant=variant, parameter=parameter)
+    return unet, scheduler, objective
+
+
+def load_denoiser(
+    model_dir: str,
+    unet_class: type,
+    device: str | torch.device = "cpu",
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    parameter: str = "MODEL_DIR",
+) -> torch.nn.Module:
+    """The denoiser's weights of a saved pipeline (local folder or Hub id), as ``unet_class`` (from
+    :func:`read_pipeline`) in eval mode on ``device``; ``variant``: e.g. ``fp16`` reads
+    ``diffusion_pytorch_model.fp16.safetensors``."""
     from ..files import local_path
 
     source = str(local_path(model_dir) or model_dir)
@@ -218,7 +233,7 @@ def load_for_evaluation(
         raise PipelineError(
             f"{parameter} {model_dir!r} could not be loaded as a pipeline: {str(err).splitlines()[0]}"
         ) from err
-    return unet.to(device).eval(), scheduler, objective
+    return unet.to(device).eval()
 
 
 def read_pipeline(
